@@ -10,7 +10,9 @@ The modules follow the course's notebooks:
     ffn        the SwiGLU feed-forward network                        (notebook 05)
     model      TransformerBlock and Transformer                       (notebook 06)
     generate   sampling and the decoding loop                         (notebooks 06-07)
-    checkpoint Meta <-> Hugging Face layouts                          (notebook 08)
+    data       Tiny Shakespeare, the split, next-token batches        (notebook 07)
+    train      the training loop, checkpoints, metrics                (notebook 07)
+    checkpoint Meta <-> Hugging Face layouts, loading and saving      (notebook 08)
 """
 
 from .attention import Attention, KVCache, causal_mask, explicit_attention, repeat_kv, sdpa_attention
@@ -18,6 +20,7 @@ from .checkpoint import (args_from_hf_config, args_to_hf_config, hf_to_meta_stat
                          meta_to_hf_state_dict)
 from .config import (PRESETS, ModelArgs, get_preset, kv_cache_bytes, kv_cache_bytes_per_token,
                      num_parameters, parameter_breakdown, weight_bytes)
+from .data import encode_text, eval_windows, get_batch, load_tiny_shakespeare, train_val_split
 from .ffn import FeedForward, ffn_hidden_dim
 from .generate import generate, next_token_probs, sample_next, stream
 from .model import Transformer, TransformerBlock
@@ -26,5 +29,8 @@ from .rope import (apply_rotary_emb, apply_rotary_emb_rotate_half, apply_scaling
                    permute_qk_hf_to_meta, permute_qk_meta_to_hf, precompute_cos_sin,
                    precompute_freqs_cis, rotate_half)
 from .tokenizer import CharTokenizer
+from .train import TrainConfig, TrainResult, evaluate, train_config_for  # lc.train is the module
+
+from . import checks, viz  # (lc.checks.check_..., lc.viz.explore in the notebooks)
 
 __version__ = "0.1.0"
