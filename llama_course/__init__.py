@@ -29,6 +29,8 @@ from .rope import (apply_rotary_emb, apply_rotary_emb_rotate_half, apply_scaling
                    permute_qk_hf_to_meta, permute_qk_meta_to_hf, precompute_cos_sin,
                    precompute_freqs_cis, rotate_half)
 from .tokenizer import CharTokenizer
+from .llama3_tokenizer import Llama3Tokenizer  # needs tiktoken only when used
+from .checkpoint import args_from_meta_params, detect_format, save_meta
 from .train import TrainConfig, TrainResult, evaluate, train_config_for  # lc.train is the module
 
 from . import checks, viz  # (lc.checks.check_..., lc.viz.explore in the notebooks)
