@@ -82,8 +82,10 @@ class Transformer(nn.Module):
         """
         if device not in self._freqs_cis:
             p = self.params
-            table = precompute_freqs_cis(p.head_dim, p.max_seq_len, p.rope_theta, p.rope_scaling)
-            self._freqs_cis[device] = table.to(device)
+            with torch.inference_mode(False):  # a normal tensor even if first built by generate()
+                table = precompute_freqs_cis(p.head_dim, p.max_seq_len, p.rope_theta,
+                                             p.rope_scaling)
+                self._freqs_cis[device] = table.to(device)
         return self._freqs_cis[device]
 
     def new_cache(self, batch_size: int, max_seq_len: Optional[int] = None) -> list[KVCache]:

@@ -8,6 +8,7 @@ controls' default values, so the notebook still shows a figure.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable, Sequence
 
@@ -41,12 +42,15 @@ def _default(control: Any) -> Any:
 
 
 def explore(fn: Callable[..., Any], **controls: Any) -> None:
-    """Sliders for `fn`'s keyword arguments when a widget front end exists, else one figure."""
+    """Sliders for `fn`'s keyword arguments when a widget front end exists, else one figure
+    drawn where the sliders would start (the function's default, as ipywidgets does)."""
     if widgets_available():
         import ipywidgets
         ipywidgets.interact(fn, **controls)
     else:
-        fn(**{name: _default(c) for name, c in controls.items()})
+        defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        fn(**{name: defaults.get(name, _default(c)) for name, c in controls.items()})
 
 
 def heatmap(ax, matrix, title: str = "", xlabel: str = "key position",

@@ -117,3 +117,13 @@ def test_bad_cache_batch():
     model = lc.Transformer(small_args(max_batch_size=2))
     with pytest.raises(ValueError, match=r"batch size \(3\) exceeds max_batch_size \(2\)"):
         model.new_cache(3)
+
+
+def test_training_forward_after_generate():
+    """generate() runs under inference_mode; the RoPE table it builds must still serve a
+    training step afterwards."""
+    model = lc.Transformer(small_args())
+    lc.generate(model, [[1, 2, 3]], 3, temperature=0)
+    loss = model(torch.randint(0, 97, (2, 8))).sum()
+    loss.backward()
+    assert model.tok_embeddings.weight.grad is not None
