@@ -64,15 +64,25 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   mask: Optional[torch.Tensor]) -> torch.Tensor:
+                   mask: Optional[torch.Tensor], dropout_p: float = 0.0) -> torch.Tensor:
     """The same computation through PyTorch's fused kernel (flash / memory-efficient / math).
 
     With no cached prefix the mask is the plain lower triangle, which `is_causal=True` encodes
-    without a mask tensor and lets the fastest kernels run.
+    without a mask tensor and lets the fastest kernels run. On the CPU, attention runs in fp32
+    even under bf16 autocast: PyTorch's CPU flash-attention kernel is several times slower in
+    bf16 than in fp32 (its backward pass about 6x, measured in benchmarks/), while the matrix
+    products around it are the ones that gain from bf16.
     """
+    if q.device.type == "cpu" and (q.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+        with torch.autocast("cpu", enabled=False):
+            return _sdpa(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
+    return _sdpa(q, k, v, mask, dropout_p)
+
+
+def _sdpa(q, k, v, mask, dropout_p):
     if mask is not None and q.shape[-2] == k.shape[-2]:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 class KVCache:
@@ -119,6 +129,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.dropout = args.dropout  # 0 for Llama; only active in training mode
         self.keep_weights = False  # set by Transformer.attention_weights to record the maps
         self.last_weights: Optional[torch.Tensor] = None
 
@@ -136,6 +147,7 @@ class Attention(nn.Module):
         if self.keep_weights:
             out, self.last_weights = explicit_attention(q, k, v, mask)
         else:
-            out = sdpa_attention(q, k, v, mask)  # (B, H, T, D)
+            p = self.dropout if self.training else 0.0
+            out = sdpa_attention(q, k, v, mask, dropout_p=p)  # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
-        return self.wo(out)  # (B, T, dim)
+        return F.dropout(self.wo(out), self.dropout, self.training)  # (B, T, dim)

@@ -53,6 +53,7 @@ class ModelArgs:
     hidden_dim: Optional[int] = None  # explicit FFN width (HF: intermediate_size); overrides the rule
     rope_scaling: Optional[dict] = None  # Llama 3.1 frequency scaling (see LLAMA31_ROPE_SCALING)
     tie_word_embeddings: bool = False    # output head shares the embedding matrix (Llama 3.2 1B/3B)
+    dropout: float = 0.0  # training-only regularisation for small data sets; not in Llama 3
 
     def __post_init__(self) -> None:
         self._check()
@@ -73,6 +74,9 @@ class ModelArgs:
             _check_positive_float(name, getattr(self, name))
         if self.ffn_dim_multiplier is not None:
             _check_positive_float("ffn_dim_multiplier", self.ffn_dim_multiplier)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout ({self.dropout!r}) must be in [0, 1)")
         if self.dim % self.n_heads != 0:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.n_heads % self.kv_heads != 0:
@@ -180,16 +184,18 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=_SHAKESPEARE_VOCAB,
                  multiple_of=32, ffn_dim_multiplier=None, rope_theta=10000.0,
                  max_batch_size=8, max_seq_len=128),
-    # tuned to reach the best validation loss in 120 s on 2 CPU cores (benchmarks/)
+    # nanoGPT's CPU size: after the search in benchmarks/tune_cpu.py, still the best model for
+    # 120 s on 2 CPU cores (wider or deeper ones see too few tokens in that time)
     "shakespeare-cpu": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2,
                             vocab_size=_SHAKESPEARE_VOCAB, multiple_of=32,
                             ffn_dim_multiplier=None, rope_theta=10000.0,
                             max_batch_size=32, max_seq_len=64),
-    # ~10M parameters for one GPU
+    # ~10M parameters for one GPU: nanoGPT's shakespeare_char size (6 x 384, context 256,
+    # dropout 0.2: at this size one megabyte of text is memorised within minutes)
     "shakespeare-gpu": dict(dim=384, n_layers=6, n_heads=6, n_kv_heads=2,
                             vocab_size=_SHAKESPEARE_VOCAB, multiple_of=64,
                             ffn_dim_multiplier=None, rope_theta=10000.0,
-                            max_batch_size=64, max_seq_len=256),
+                            max_batch_size=64, max_seq_len=256, dropout=0.2),
 }
 
 

@@ -3,7 +3,8 @@
 Decoding predicts one token, appends it, and predicts again. Without a cache every step
 re-runs the whole sequence through the model (quadratic work); with the KV cache the prompt is
 processed once (prefill) and each later step feeds only the newest token (decode), reading the
-keys and values of the past from the cache.
+keys and values of the past from the cache. The cached path runs through `decoder.Decoder`,
+the model's arithmetic with the per-token overheads removed; sampling stays on the device.
 
 Prompts of different lengths are handled the way Meta's reference code does it: all sequences
 advance together from the shortest prompt's end, and a row whose prompt is longer simply
@@ -22,6 +23,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from .decoder import Decoder
 from .model import Transformer
 
 
@@ -100,11 +102,24 @@ def _check_args(model: Transformer, prompts: Sequence[Sequence[int]], max_new_to
 
 
 # ---------------------------------------------------------------------------- decoding loop
+def _decoder(model: Transformer, batch_size: int, max_seq_len: int, compile: bool) -> Decoder:
+    """A Decoder for this generation. A compiled one is kept on the model and reused while the
+    weights are unchanged (compiling takes seconds; building an eager one takes microseconds)."""
+    if not compile:
+        return Decoder(model, batch_size, max_seq_len)
+    key = (batch_size, max_seq_len, tuple((p.data_ptr(), p._version) for p in model.parameters()))
+    cached = getattr(model, "_compiled_decoder", None)
+    if cached is None or cached[0] != key:
+        cached = (key, Decoder(model, batch_size, max_seq_len, compile=True))
+        object.__setattr__(model, "_compiled_decoder", cached)  # not a submodule
+    return cached[1]
+
+
 @torch.inference_mode()
 def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    temperature: float = 0.6, top_p: float = 0.9, top_k: Optional[int] = None,
                    eos_id: Optional[int] = None, use_cache: bool = True,
-                   generator: Optional[torch.Generator] = None,
+                   generator: Optional[torch.Generator] = None, compile: bool = False,
                    ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (position, tokens (B,)) for every position after the shortest prompt.
 
@@ -122,17 +137,21 @@ def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new
         in_prompt[b, : lens[b]] = True
     ctx = model.params.max_seq_len
     keep = max(1, ctx // 2)  # tokens kept when the window slides
-    cache = model.new_cache(B, min(ctx, total_len)) if use_cache else None
+    decoder = _decoder(model, B, min(ctx, total_len), compile) if use_cache else None
+    pos = torch.zeros((), dtype=torch.long, device=device)  # the step's position, on the device
     done = torch.zeros(B, dtype=torch.bool, device=device)
     window_start, prev_pos = 0, 0  # first token of the context, first token not yet in cache
     for cur_pos in range(min(lens), total_len):
         if cur_pos - window_start > ctx:  # context full: slide the window, refill the cache
             window_start = prev_pos = cur_pos - keep
-        if use_cache:
-            logits = model._forward(tokens[:, prev_pos:cur_pos], prev_pos - window_start, cache)
-        else:
-            logits = model._forward(tokens[:, window_start:cur_pos], 0, None)
-        next_token = sample_next(logits[:, -1], temperature, top_p, top_k, generator)  # (B,)
+        if not use_cache:  # the whole context again, every step
+            logits = model._forward(tokens[:, window_start:cur_pos], 0, None)[:, -1]
+        elif compile and cur_pos - prev_pos == 1:  # one new token: the static, compiled step
+            pos.fill_(prev_pos - window_start)
+            logits = decoder.step(tokens[:, prev_pos], pos)
+        else:  # the prompt (prefill), or a refill after the window slid
+            logits = decoder(tokens[:, prev_pos:cur_pos], prev_pos - window_start)
+        next_token = sample_next(logits, temperature, top_p, top_k, generator)  # (B,)
         next_token = torch.where(in_prompt[:, cur_pos], tokens[:, cur_pos], next_token)
         tokens[:, cur_pos] = next_token
         prev_pos = cur_pos
@@ -150,16 +169,19 @@ def _make_generator(seed: Optional[int], device: torch.device) -> Optional[torch
 def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              temperature: float = 0.6, top_p: float = 0.9, top_k: Optional[int] = None,
              eos_id: Optional[int] = None, use_cache: bool = True,
-             seed: Optional[int] = None) -> list[list[int]]:
+             seed: Optional[int] = None, compile: bool = False) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return only the new tokens.
 
     temperature=0 is greedy. A sequence stops at `eos_id` (which is not included), like
-    Meta's reference `generate`. `seed` makes sampling reproducible.
+    Meta's reference `generate`. `seed` makes sampling reproducible. `use_cache=False` re-runs
+    the whole context every step (the slow way the KV cache exists to avoid); `compile=True`
+    compiles the single-token step (worth it for long generations; on CUDA it becomes a CUDA
+    graph).
     """
     device = model.tok_embeddings.weight.device
     generator = _make_generator(seed, device)
     steps = list(generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k,
-                                eos_id, use_cache, generator))
+                                eos_id, use_cache, generator, compile))
     if not steps:
         return [[] for _ in prompts]
     first_pos = steps[0][0]

@@ -17,6 +17,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, KVCache, causal_mask
@@ -34,11 +35,13 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.dropout = args.dropout  # 0 for Llama: only the small-data presets train with it
 
     def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor,
                 mask: Optional[torch.Tensor], cache: Optional[KVCache] = None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), start_pos, freqs_cis, mask, cache)
-        return h + self.feed_forward(self.ffn_norm(h))  # (B, T, dim)
+        ffn = self.feed_forward(self.ffn_norm(h))  # (B, T, dim)
+        return h + F.dropout(ffn, self.dropout, self.training)  # (B, T, dim)
 
 
 class Transformer(nn.Module):

@@ -105,7 +105,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     """Two CPU processes with batch 4 each = one process with batch 8: the same examples
     (each rank takes its slice of one global batch), the same updates, replicas in sync."""
     common = ["--preset", "tiny", "--max-steps", "6", "--log-interval", "1", "--no-progress",
-              "--device", "cpu", "--eval-interval", "0"]
+              "--device", "cpu", "--eval-interval", "0", "--dtype", "fp32"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node=2", "-m", "llama_course", "train", *common,
                           "--batch-size", "4", "--out", str(tmp_path / "two")],

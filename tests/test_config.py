@@ -95,6 +95,7 @@ def test_memory_arithmetic():
     (dict(rope_scaling={"factor": 8.0}), r"rope_scaling is missing low_freq_factor"),
     (dict(rope_scaling={"rope_type": "yarn"}), r"rope_scaling type 'yarn' is not supported"),
     (dict(tie_word_embeddings="yes"), r"tie_word_embeddings .* must be True or False"),
+    (dict(dropout=1.0), r"dropout \(1.0\) must be in \[0, 1\)"),
 ])
 def test_validation_errors_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -110,3 +110,11 @@ def test_bad_arguments(model, kwargs, message):
     call.update(kwargs)
     with pytest.raises(ValueError, match=message):
         lc.generate(model, **call)
+
+
+def test_compiled_decoding_gives_the_same_tokens(model):
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    eager = lc.generate(model, prompts, 20, temperature=0)
+    compiled = lc.generate(model, prompts, 20, temperature=0, compile=True)
+    again = lc.generate(model, prompts, 20, temperature=0, compile=True)  # reuses the decoder
+    assert compiled == eager == again

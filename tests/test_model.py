@@ -127,3 +127,15 @@ def test_training_forward_after_generate():
     loss = model(torch.randint(0, 97, (2, 8))).sum()
     loss.backward()
     assert model.tok_embeddings.weight.grad is not None
+
+
+def test_dropout_only_in_training_mode():
+    """The small-data presets train with dropout; evaluation and generation never use it."""
+    model = lc.Transformer(small_args(dropout=0.3))
+    plain = lc.Transformer(small_args())
+    plain.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, 97, (2, 16))
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(tokens), plain(tokens))
+    model.train()
+    assert not torch.allclose(model(tokens), plain(tokens), atol=1e-4)

@@ -15,7 +15,7 @@ TEXT = lc.load_tiny_shakespeare()[:200_000]  # enough real text for a few dozen 
 def cfg(tmp_path, **kw):
     base = dict(preset="tiny", out_dir=str(tmp_path / "run"), batch_size=16, block_size=32,
                 max_steps=40, lr=3e-3, warmup_steps=5, eval_interval=20, eval_batches=4,
-                log_interval=1, progress=False, device="cpu", seed=0)
+                log_interval=1, progress=False, device="cpu", seed=0, dtype="fp32")
     return lc.TrainConfig(**{**base, **kw})
 
 
@@ -150,8 +150,28 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_precision_follows_the_device():
-    assert T.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    native = T.cpu_has_native_bf16()
+    assert T.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native
+                                                            else torch.float32)
     assert T.resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert T.resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+
+
+def test_bf16_autocast_training_on_cpu(tmp_path):
+    result = T.train(cfg(tmp_path, dtype="bf16"), text=TEXT)
+    assert result.summary["dtype"] == "bfloat16"
+    assert result.final_val_loss < math.log(68) - 0.8
+
+
+def test_cpu_attention_runs_in_fp32_under_autocast():
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    mask = lc.causal_mask(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lc.sdpa_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), is_causal=True)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref.bfloat16(), atol=0, rtol=0)  # fp32 math, one rounding
 
 
 def test_gradient_accumulation_equals_the_big_batch(tmp_path):

@@ -1,0 +1,112 @@
+"""What did Llama's changes buy? The shakespeare-cpu model against GPT-style variants.
+
+    python benchmarks/ablations.py                  # 4 variants x 120 s of training, ~9 min
+    python benchmarks/ablations.py --time-budget 60
+
+Same data, same training loop, same budget, same size (the variants keep the parameter count
+within a few percent):
+
+    llama          RoPE + SwiGLU (the course's model)
+    learned-pos    no RoPE: a learned absolute position embedding added to the tokens (GPT-2)
+    gelu           a 2-matrix GELU feed-forward, 1.5x wider so the parameters match (GPT-2)
+    learned-pos+gelu  both: essentially nanoGPT's block, with RMSNorm and no biases
+
+Writes benchmarks/results/ablations.json, which notebook 07 reads (it does not re-train them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import llama_course as lc
+import train_shakespeare as bench
+
+RESULTS = Path(__file__).parent / "results" / "ablations.json"
+
+
+class TokensPlusPositions(nn.Module):
+    """GPT-2's input: token embedding + a learned embedding per absolute position."""
+
+    def __init__(self, tok_embeddings: nn.Embedding, max_seq_len: int):
+        super().__init__()
+        self.tok = tok_embeddings
+        self.pos = nn.Embedding(max_seq_len, tok_embeddings.embedding_dim)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.tok(tokens) + self.pos(positions)  # (B, T, dim)
+
+
+class GeluFeedForward(nn.Module):
+    """The original Transformer's FFN with GPT-2's GELU: w2(gelu(w1 x)), no gate."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x)))
+
+
+def no_rope(self, device):
+    """A rotation by angle zero at every position: RoPE switched off."""
+    p = self.params
+    return torch.ones(p.max_seq_len, p.head_dim // 2, dtype=torch.complex64, device=device)
+
+
+def variant(learned_pos: bool, gelu: bool):
+    def build(args: lc.ModelArgs) -> lc.Transformer:
+        model = lc.Transformer(args)
+        if learned_pos:
+            model.tok_embeddings = TokensPlusPositions(model.tok_embeddings, args.max_seq_len)
+            model.freqs_cis = types.MethodType(no_rope, model)
+        if gelu:
+            hidden = args.ffn_hidden_dim * 3 // 2  # 2 matrices instead of 3: same parameters
+            for layer in model.layers:
+                layer.feed_forward = GeluFeedForward(args.dim, hidden)
+            model.reset_parameters()  # w2 gets the same depth-scaled init as in Llama
+            if learned_pos:
+                nn.init.normal_(model.tok_embeddings.pos.weight, std=0.02)
+        return model
+    return build
+
+
+VARIANTS = {
+    "llama": (False, False),
+    "learned-pos": (True, False),
+    "gelu": (False, True),
+    "learned-pos+gelu": (True, True),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--time-budget", type=float, default=120.0)
+    p.add_argument("--only", nargs="*", default=list(VARIANTS))
+    a = p.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
+    for name in a.only:
+        r = bench.run("shakespeare-cpu", a.time_budget, label=name,
+                      model_fn=variant(*VARIANTS[name]), eval_interval=100)
+        results["runs"][name] = r
+        results["command"] = "python benchmarks/ablations.py"
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"\n{'variant':<18} {'params':>8} {'steps':>6} {'val loss':>9}")
+    for name, r in results["runs"].items():
+        print(f"{name:<18} {r['parameters'] / 1e6:7.3f}M {r['steps']:6d} "
+              f"{r['final_val_loss']:9.4f}{'  CONTENDED' if r['contended'] else ''}")
+
+
+if __name__ == "__main__":
+    main()

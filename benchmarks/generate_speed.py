@@ -1,0 +1,218 @@
+"""Generation speed: our KV-cache decoder against transformers, on the same weights.
+
+    python benchmarks/generate_speed.py                      # CPU: the 0.8M and 10M models
+    python benchmarks/generate_speed.py --device cuda        # + a Llama 3.2 1B-shaped model, bf16
+    python benchmarks/generate_speed.py --compile            # + our torch.compile'd decode step
+
+For each model: greedy decoding of 200 tokens after a 10-token prompt, the same random weights
+loaded into `transformers.LlamaForCausalLM` (SDPA attention), the same tokens checked, the
+median of several runs. Prefill is timed as generating one token; decode tokens/s is the
+remaining tokens over the remaining time. Then the KV cache's speedup over re-running the whole
+sequence, as the number of generated tokens grows from 64 to 1024 (plot).
+
+Every figure is printed with the machine's load: on a shared machine one other busy process can
+slow a 2-thread PyTorch process many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import llama_course as lc
+from llama_course.checkpoint import meta_to_hf_state_dict
+
+RESULTS = Path(__file__).parent / "results"
+
+MODELS = {  # name: (preset, ModelArgs overrides)
+    "0.8M": ("shakespeare-cpu", dict(max_seq_len=1024)),
+    "10M": ("shakespeare-gpu", dict(max_seq_len=1024)),
+    "1B-shaped": ("llama3.2-1b", dict(max_seq_len=2048, max_batch_size=1)),
+}
+
+
+def build(name: str, device: str, dtype: torch.dtype):
+    """Our model with seeded random weights, wide enough that greedy choices are clear-cut,
+    and transformers' LlamaForCausalLM holding the same weights."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    preset, overrides = MODELS[name]
+    args = lc.get_preset(preset, **overrides)
+    torch.manual_seed(0)
+    model = lc.Transformer(args)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(std=0.5 / p.shape[1] ** 0.5)  # peaked next-token distributions
+    model = model.to(device=device, dtype=dtype).eval()
+    a = args
+    config = transformers.LlamaConfig(
+        hidden_size=a.dim, intermediate_size=a.ffn_hidden_dim, num_hidden_layers=a.n_layers,
+        num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab_size,
+        rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta,
+        rope_scaling=None if a.rope_scaling is None else {"rope_type": "llama3", **a.rope_scaling},
+        max_position_embeddings=a.max_seq_len, tie_word_embeddings=a.tie_word_embeddings,
+        attn_implementation="sdpa")
+    hf = transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    missing, unexpected = hf.load_state_dict(meta_to_hf_state_dict(model.state_dict(), args),
+                                             strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.generation_config.eos_token_id = None  # random weights: never stop early,
+    hf.generation_config.bos_token_id = None  # and no min-length logits processor
+    return model, hf
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int) -> tuple[float, list]:
+    times, out = [], None
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def ours(model, prompt, n, use_cache=True, compile=False):
+    return lc.generate(model, [prompt], n, temperature=0, use_cache=use_cache, compile=compile)[0]
+
+
+@torch.inference_mode()
+def theirs(hf, prompt, n, use_cache=True):
+    ids = torch.tensor([prompt], device=hf.device)
+    out = hf.generate(ids, max_new_tokens=n, do_sample=False, use_cache=use_cache,
+                      pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens: int,
+            compile: bool) -> list[dict]:
+    model, hf = build(name, device, dtype)
+    prompt = list(range(1, 11))
+    runs = {
+        "ours, KV cache": lambda n: ours(model, prompt, n),
+        "ours, no cache": lambda n: ours(model, prompt, n, use_cache=False),
+        "transformers, KV cache": lambda n: theirs(hf, prompt, n),
+        "transformers, no cache": lambda n: theirs(hf, prompt, n, use_cache=False),
+    }
+    if compile:
+        runs["ours, KV cache, compiled"] = lambda n: ours(model, prompt, n, compile=True)
+    if name == "1B-shaped":  # re-running 200 tokens of a 1B model without a cache: skip
+        runs = {k: v for k, v in runs.items() if "no cache" not in k}
+    rows, reference = [], None
+    for label, fn in runs.items():
+        fn(new_tokens)  # warm-up (and compilation)
+        t_first, _ = timed(lambda: fn(1), device, repeats)
+        t_all, tokens = timed(lambda: fn(new_tokens), device, repeats)
+        reference = reference or tokens
+        rows.append({
+            "model": name, "parameters": model.num_parameters(), "dtype": str(dtype)[6:],
+            "run": label, "prefill_tok_s": len(prompt) / t_first,
+            "decode_tok_s": (new_tokens - 1) / max(t_all - t_first, 1e-9),
+            "total_s": t_all, "same_tokens": tokens == reference,
+        })
+        print(f"  {name:>9} {label:<26} prefill {rows[-1]['prefill_tok_s']:9,.0f} tok/s   "
+              f"decode {rows[-1]['decode_tok_s']:9,.0f} tok/s   same tokens: "
+              f"{rows[-1]['same_tokens']}", flush=True)
+    return rows
+
+
+def cache_speedup(device: str, dtype: torch.dtype, lengths: list[int]) -> list[dict]:
+    """Seconds to generate n tokens with and without the cache (our generate, 0.8M model)."""
+    model, _ = build("0.8M", device, dtype)
+    prompt = list(range(1, 11))
+    rows = []
+    for n in lengths:
+        t_cache, a = timed(lambda: ours(model, prompt, n), device, 3)
+        t_none, b = timed(lambda: ours(model, prompt, n, use_cache=False), device, 1)
+        rows.append({"tokens": n, "cache_s": t_cache, "no_cache_s": t_none,
+                     "speedup": t_none / t_cache, "same_tokens": a == b})
+        print(f"  {n:5d} tokens: cache {t_cache:7.3f} s, no cache {t_none:7.3f} s, "
+              f"speedup {t_none / t_cache:5.1f}x, same tokens: {a == b}", flush=True)
+    return rows
+
+
+def plot_speedup(rows: list[dict], path: Path, machine: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    n = [r["tokens"] for r in rows]
+    ax1.plot(n, [r["no_cache_s"] for r in rows], "o-", label="no cache: the whole sequence again")
+    ax1.plot(n, [r["cache_s"] for r in rows], "o-", label="KV cache: one new token per step")
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("tokens generated")
+    ax1.set_ylabel("seconds")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(n, [r["speedup"] for r in rows], "o-", color="C2")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("tokens generated")
+    ax2.set_ylabel("speedup of the KV cache (x)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"KV cache vs recomputation, 0.8M-parameter Llama ({machine})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine(device: str) -> dict:
+    load = os.getloadavg()
+    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "loadavg_1min": round(load[0], 2), "cpu_count": os.cpu_count()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--compile", action="store_true", help="also time the compiled decode step")
+    p.add_argument("--models", nargs="*", help="subset of: " + ", ".join(MODELS))
+    p.add_argument("--lengths", type=int, nargs="*", default=[64, 128, 256, 512, 1024])
+    p.add_argument("--tag", default=None, help="suffix of the result files (default: device)")
+    a = p.parse_args()
+    cuda = a.device.startswith("cuda")
+    names = a.models or ([*MODELS] if cuda else ["0.8M", "10M"])
+    info = machine(a.device)
+    print(f"machine: {info}")
+    rows = []
+    for name in names:
+        dtype = torch.bfloat16 if name == "1B-shaped" else torch.float32
+        rows += measure(name, a.device, dtype, a.repeats, a.new_tokens, a.compile)
+    for name in names:
+        base = {r["run"]: r["decode_tok_s"] for r in rows if r["model"] == name}
+        hf = base["transformers, KV cache"]
+        for run, tok_s in base.items():
+            print(f"  {name:>9} {run:<26} {tok_s / hf:5.2f}x transformers' cached decode")
+    growth = cache_speedup(a.device, torch.float32, a.lengths) if a.lengths else []
+    info["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
+    tag = a.tag or ("cuda" if cuda else "cpu")
+    RESULTS.mkdir(exist_ok=True)
+    out = {"machine": info, "command": "python benchmarks/generate_speed.py " +
+           " ".join(os.sys.argv[1:]), "decode": rows, "cache_speedup": growth}
+    (RESULTS / f"generate_speed_{tag}.json").write_text(json.dumps(out, indent=1))
+    if growth:
+        plot_speedup(growth, RESULTS / f"kv_cache_speedup_{tag}.png",
+                     info.get("gpu", f"{info['threads']} CPU threads"))
+    print(f"results in {RESULTS}/generate_speed_{tag}.json")
+
+
+if __name__ == "__main__":
+    main()

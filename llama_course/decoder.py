@@ -1,0 +1,190 @@
+"""Fast decoding: the model's arithmetic, reorganised for generating one token at a time.
+
+`model.py` is written to be read. Generating with it token by token pays, for every token and
+every layer, for three separate q/k/v matrix products, two for the gate and up projections,
+a dozen module calls and a fresh cache slice: at Shakespeare sizes that overhead, not the
+arithmetic, sets the speed. `Decoder` computes exactly the same thing with that work removed:
+
+* q, k and v projections fused into one matrix, gate and up into another (one matmul each);
+* the KV cache allocated once per generation, in the (B, heads, positions, head_dim) layout that
+  `F.scaled_dot_product_attention` reads, and written in place;
+* RoPE angles for every position computed once, at construction;
+* plain functions on weight tensors (no `nn.Module` call overhead); grouped-query attention
+  through SDPA's `enable_gqa` (no copies of K/V heads); only the last position goes through the
+  output head.
+
+With `compile=True` the single-token step uses static shapes (the whole cache, future positions
+masked) and is compiled with `torch.compile`; on CUDA with mode "reduce-overhead", which replays
+the step as a CUDA graph. If compilation fails the decoder says so once and runs eagerly.
+`tests/test_decoder.py` checks the logits against `Transformer.forward` at every position.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import Transformer
+from .rope import precompute_freqs_cis
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as in `norm.RMSNorm`: normalise in fp32, cast back, then the gain."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * weight
+
+
+def linear(x: torch.Tensor, w: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """x @ W^T for a fused matrix, or for several matrices side by side (outputs concatenated)."""
+    if isinstance(w, torch.Tensor):
+        return F.linear(x, w)
+    return torch.cat([F.linear(x, part) for part in w], dim=-1)
+
+
+def rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Meta's complex-form RoPE on x: (B, T, heads, D); freqs_cis: (T, D/2). Fewest kernels."""
+    x_ = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, heads, D/2)
+    return torch.view_as_real(x_ * freqs_cis[None, :, None, :]).flatten(3).type_as(x)
+
+
+def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The same rotation in real arithmetic, (a + ib)(c + is) spelled out: torch.compile
+    fuses it into one kernel, while complex tensors would break the compiled graph.
+    x: (B, T, heads, D); cos, sin: (T, D/2)."""
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # even and odd dimensions
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(3).type_as(x)
+
+
+class Decoder(nn.Module):
+    """Generation-time view of a `Transformer`: fused weights and a preallocated KV cache.
+
+    The weights are shared with the model where they can be (norms, wo, w2, embeddings); the
+    fused q|k|v and gate|up matrices are copies made once here.
+    """
+
+    def __init__(self, model: Transformer, batch_size: int, max_seq_len: int,
+                 compile: bool = False, fuse: Optional[bool] = None):
+        super().__init__()
+        p = model.params
+        if max_seq_len > p.max_seq_len:
+            raise ValueError(f"max_seq_len ({max_seq_len}) exceeds the model's context "
+                             f"({p.max_seq_len})")
+        self.n_heads, self.n_kv_heads, self.head_dim = p.n_heads, p.kv_heads, p.head_dim
+        self.eps = p.norm_eps
+        w = model.tok_embeddings.weight
+        dtype, device = w.dtype, w.device
+        if fuse is None:  # fusing copies q|k|v and gate|up: worth it where overhead dominates
+            fuse = model.num_parameters() < 200_000_000
+        join = torch.cat if fuse else tuple
+        with torch.no_grad():
+            self.tok_embeddings = w.detach()
+            self.norm = model.norm.weight.detach()
+            self.output = model.output.weight.detach()
+            self.layers = []
+            for layer in model.layers:
+                a, f = layer.attention, layer.feed_forward
+                self.layers.append(dict(
+                    attention_norm=layer.attention_norm.weight.detach(),
+                    wqkv=join([a.wq.weight.detach(), a.wk.weight.detach(), a.wv.weight.detach()]),
+                    wo=a.wo.weight.detach(),
+                    ffn_norm=layer.ffn_norm.weight.detach(),
+                    w13=join([f.w1.weight.detach(), f.w3.weight.detach()]),
+                    w2=f.w2.weight.detach(),
+                ))
+        shape = (p.n_layers, batch_size, self.n_kv_heads, max_seq_len, self.head_dim)
+        self.register_buffer("cache_k", torch.zeros(shape, dtype=dtype, device=device))
+        self.register_buffer("cache_v", torch.zeros(shape, dtype=dtype, device=device))
+        freqs = precompute_freqs_cis(p.head_dim, max_seq_len, p.rope_theta, p.rope_scaling)
+        self.register_buffer("freqs_cis", freqs.to(device))  # (max_seq_len, D/2), complex64
+        self.register_buffer("rope_cos", freqs.real.contiguous().to(device))  # (max_seq_len, D/2)
+        self.register_buffer("rope_sin", freqs.imag.contiguous().to(device))
+        self.register_buffer("positions", torch.arange(max_seq_len, device=device))
+        self.batch_size, self.max_seq_len = batch_size, max_seq_len
+        self._step = self._static_step
+        self.compiled = False  # True while the compiled step is in use
+        if compile:
+            self._step = self._compile(device)
+            self.compiled = True
+
+    # ------------------------------------------------------------------ any number of tokens
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """tokens (B, T) at positions start_pos.. -> float32 logits of the last one (B, V)."""
+        B, T = tokens.shape
+        end = start_pos + T
+        if end > self.max_seq_len:
+            raise ValueError(f"positions up to {end} exceed the decoder's cache "
+                             f"({self.max_seq_len})")
+        h = F.embedding(tokens, self.tok_embeddings)  # (B, T, dim)
+        freqs_cis = self.freqs_cis[start_pos:end]  # (T, D/2)
+        mask = None
+        if T > 1 and start_pos > 0:  # a chunk after a cached prefix: see the prefix, not ahead
+            mask = self.positions[None, :end] <= self.positions[start_pos:end, None]  # (T, end)
+        for i, lw in enumerate(self.layers):
+            q, k, v = self._qkv(h, lw, lambda x: rope(x, freqs_cis))  # (B, heads, T, D)
+            self.cache_k[i, :B, :, start_pos:end] = k
+            self.cache_v[i, :B, :, start_pos:end] = v
+            keys, values = self.cache_k[i, :B, :, :end], self.cache_v[i, :B, :, :end]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
+                                                 is_causal=T > 1 and start_pos == 0,
+                                                 enable_gqa=True)  # (B, H, T, D)
+            h = self._block_rest(h, out, lw)
+        return self._head(h[:, -1])
+
+    def _qkv(self, h, lw, rotate):
+        B, T, _ = h.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = linear(rms_norm(h, lw["attention_norm"], self.eps), lw["wqkv"])  # (B, T, (H+2Hkv)D)
+        qk = rotate(qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D))  # q and k at once
+        v = qkv[..., (H + Hkv) * D:].view(B, T, Hkv, D)
+        q, k = qk[:, :, :H], qk[:, :, H:]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+
+    def _block_rest(self, h, attn, lw):
+        B, _, T, _ = attn.shape
+        h = h + F.linear(attn.transpose(1, 2).reshape(B, T, -1), lw["wo"])  # (B, T, dim)
+        gate, up = linear(rms_norm(h, lw["ffn_norm"], self.eps), lw["w13"]).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, lw["w2"])  # (B, T, dim)
+
+    def _head(self, h_last: torch.Tensor) -> torch.Tensor:
+        return F.linear(rms_norm(h_last, self.norm, self.eps), self.output).float()  # (B, V)
+
+    # ------------------------------------------------------------------ one token, static shapes
+    def step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token per row: token (B,) at position `pos` (a 0-d long tensor on the device).
+        Shapes never change from step to step, so the step can be compiled or graph-captured."""
+        with torch.inference_mode():
+            return self._step(token, pos)
+
+    def _static_step(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        B = token.shape[0]
+        h = F.embedding(token[:, None], self.tok_embeddings)  # (B, 1, dim)
+        cos, sin = self.rope_cos[pos[None]], self.rope_sin[pos[None]]  # (1, D/2): a gather
+        visible = (self.positions <= pos)[None, :]  # (1, max_seq_len): the past and now
+        for i, lw in enumerate(self.layers):
+            q, k, v = self._qkv(h, lw, lambda x: rope_real(x, cos, sin))  # (B, heads, 1, D)
+            self.cache_k[i, :B].index_copy_(2, pos[None], k)
+            self.cache_v[i, :B].index_copy_(2, pos[None], v)
+            out = F.scaled_dot_product_attention(q, self.cache_k[i, :B], self.cache_v[i, :B],
+                                                 attn_mask=visible, enable_gqa=True)
+            h = self._block_rest(h, out, lw)
+        return self._head(h[:, -1])
+
+    def _compile(self, device: torch.device):
+        mode = "reduce-overhead" if device.type == "cuda" else "default"  # CUDA graphs on GPU
+        compiled = torch.compile(self._static_step, mode=mode, fullgraph=True, dynamic=False)
+
+        def step(token, pos):
+            try:
+                return compiled(token, pos)
+            except Exception as e:  # an unsupported platform or backend: run eagerly instead
+                warnings.warn(f"torch.compile of the decode step failed ({type(e).__name__}: "
+                              f"{e}); decoding eagerly", RuntimeWarning, stacklevel=3)
+                self._step, self.compiled = self._static_step, False
+                return self._static_step(token, pos)
+
+        return step
