@@ -4,6 +4,7 @@
     python benchmarks/train_shakespeare.py --time-budget 300
     python benchmarks/train_shakespeare.py --set dim=192 --set lr=3e-3 --label wider
     python benchmarks/train_shakespeare.py --preset shakespeare-gpu --device cuda
+    python benchmarks/train_shakespeare.py --replot benchmarks/results/train_shakespeare.jsonl
 
 Prints the loss curve (quick estimates during training), the loss on the whole validation
 split at the end (the number to compare with nanoGPT's), throughput, and the machine's load:
@@ -145,7 +146,13 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--record", help="append the result as a JSON line to this file")
     p.add_argument("--plot", help="write a loss-vs-time PNG with nanoGPT's figures")
+    p.add_argument("--replot", metavar="FILE",
+                   help="no training: plot the runs recorded in FILE (a --record file)")
     a = p.parse_args()
+    if a.replot:
+        runs = [json.loads(line) for line in open(a.replot) if line.strip()]
+        plot(runs, a.plot or str(Path(a.replot).with_suffix(".png")))
+        return
     model, runo = parse_sets(a.set)
     result = run(a.preset, a.time_budget, model, runo, a.label, device=a.device)
     if a.record:
