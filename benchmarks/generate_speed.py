@@ -110,21 +110,35 @@ def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens
         runs["ours, KV cache, compiled"] = lambda n: ours(model, prompt, n, compile=True)
     if name == "1B-shaped":  # re-running 200 tokens of a 1B model without a cache: skip
         runs = {k: v for k, v in runs.items() if "no cache" not in k}
-    rows, reference = [], None
-    for label, fn in runs.items():
+    for fn in runs.values():
         fn(new_tokens)  # warm-up (and compilation)
-        t_first, _ = timed(lambda: fn(1), device, repeats)
-        t_all, tokens = timed(lambda: fn(new_tokens), device, repeats)
-        reference = reference or tokens
+    # Interleaved: every repeat times each run once, back to back, so that a drift in the
+    # machine's speed hits all of them alike; the ratios are taken within a repeat.
+    first = {label: [] for label in runs}
+    total = {label: [] for label in runs}
+    tokens = {}
+    for _ in range(repeats):
+        for label, fn in runs.items():
+            first[label].append(timed(lambda: fn(1), device, 1)[0])
+            t, tokens[label] = timed(lambda: fn(new_tokens), device, 1)
+            total[label].append(t)
+    decode = {label: [(new_tokens - 1) / max(t - f, 1e-9) for f, t in zip(first[label], total[label])]
+              for label in runs}
+    hf = decode["transformers, KV cache"]
+    reference = tokens["ours, KV cache"]
+    rows = []
+    for label in runs:
         rows.append({
             "model": name, "parameters": model.num_parameters(), "dtype": str(dtype)[6:],
-            "run": label, "prefill_tok_s": len(prompt) / t_first,
-            "decode_tok_s": (new_tokens - 1) / max(t_all - t_first, 1e-9),
-            "total_s": t_all, "same_tokens": tokens == reference,
+            "run": label, "prefill_tok_s": len(prompt) / statistics.median(first[label]),
+            "decode_tok_s": statistics.median(decode[label]),
+            "vs_transformers": statistics.median(d / h for d, h in zip(decode[label], hf)),
+            "total_s": statistics.median(total[label]), "same_tokens": tokens[label] == reference,
         })
-        print(f"  {name:>9} {label:<26} prefill {rows[-1]['prefill_tok_s']:9,.0f} tok/s   "
-              f"decode {rows[-1]['decode_tok_s']:9,.0f} tok/s   same tokens: "
-              f"{rows[-1]['same_tokens']}", flush=True)
+        r = rows[-1]
+        print(f"  {name:>9} {label:<26} prefill {r['prefill_tok_s']:9,.0f} tok/s   decode "
+              f"{r['decode_tok_s']:9,.0f} tok/s = {r['vs_transformers']:4.2f}x transformers'   "
+              f"same tokens: {r['same_tokens']}", flush=True)
     return rows
 
 
@@ -196,11 +210,6 @@ def main() -> None:
     for name in names:
         dtype = torch.bfloat16 if name == "1B-shaped" else torch.float32
         rows += measure(name, a.device, dtype, a.repeats, a.new_tokens, a.compile)
-    for name in names:
-        base = {r["run"]: r["decode_tok_s"] for r in rows if r["model"] == name}
-        hf = base["transformers, KV cache"]
-        for run, tok_s in base.items():
-            print(f"  {name:>9} {run:<26} {tok_s / hf:5.2f}x transformers' cached decode")
     growth = cache_speedup(a.device, torch.float32, a.lengths) if a.lengths else []
     info["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     tag = a.tag or ("cuda" if cuda else "cpu")

@@ -58,6 +58,8 @@ CANDIDATES: dict[str, tuple] = {
     "bf16-tied": (dict(tie_word_embeddings=True), dict(dtype="bf16")),
     "bf16-theta1000": (dict(rope_theta=1000.0), dict(dtype="bf16")),
     "bf16-warmup50": ({}, dict(dtype="bf16", warmup_steps=50)),
+    "bf16-warmup50-dropout0.1": (dict(dropout=0.1), dict(dtype="bf16", warmup_steps=50)),
+    "bf16-warmup50-wd0.3": ({}, dict(dtype="bf16", warmup_steps=50, weight_decay=0.3)),
     "batch16-lr1.5e-3": ({}, dict(batch_size=16, lr=1.5e-3)),
     "tied": (dict(tie_word_embeddings=True), {}),
     "heads8-kv2": (dict(n_heads=8, n_kv_heads=2), {}),

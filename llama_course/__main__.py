@@ -19,51 +19,24 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _checked(cast, kind: str, ok, requirement: str):
+    """An argparse type: parse with `cast`, then check, with a message a learner understands."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{value} {requirement}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
-    return value
+_positive_int = _checked(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+_non_negative_int = _checked(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
+_positive_float = _checked(float, "a number", lambda v: v > 0, "must be greater than 0")
+_non_negative_float = _checked(float, "a number", lambda v: v >= 0, "must be 0 or more")
+_probability = _checked(float, "a number", lambda v: 0 < v <= 1, "must be between 0 and 1")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,10 @@ from .rope import precompute_freqs_cis
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm as in `norm.RMSNorm`: normalise in fp32, cast back, then the gain."""
+    """RMSNorm as in `norm.RMSNorm`: normalise in fp32, cast back, then the gain (in one
+    kernel when everything is already fp32)."""
+    if x.dtype == weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * weight
 
 

@@ -18,6 +18,7 @@ slide identically, so they produce the same tokens).
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from typing import Iterator, Optional, Sequence
 
@@ -103,15 +104,17 @@ def _check_args(model: Transformer, prompts: Sequence[Sequence[int]], max_new_to
 
 # ---------------------------------------------------------------------------- decoding loop
 def _decoder(model: Transformer, batch_size: int, max_seq_len: int, compile: bool) -> Decoder:
-    """A Decoder for this generation. A compiled one is kept on the model and reused while the
-    weights are unchanged (compiling takes seconds; building an eager one takes microseconds)."""
-    if not compile:
-        return Decoder(model, batch_size, max_seq_len)
-    key = (batch_size, max_seq_len, tuple((p.data_ptr(), p._version) for p in model.parameters()))
-    cached = getattr(model, "_compiled_decoder", None)
-    if cached is None or cached[0] != key:
-        cached = (key, Decoder(model, batch_size, max_seq_len, compile=True))
-        object.__setattr__(model, "_compiled_decoder", cached)  # not a submodule
+    """The Decoder for this generation. The last one is kept on the model and reused while the
+    weights, the batch size, the length and `compile` are unchanged: building one copies the
+    fused weights, and compiling one takes seconds. Its cache needs no reset: every generation
+    writes positions 0.. before it reads them."""
+    key = (batch_size, compile, tuple((p.data_ptr(), p._version) for p in model.parameters()))
+    cached = getattr(model, "_decoder", None)
+    if cached is None or cached[0] != key or cached[1].max_seq_len < max_seq_len:
+        # room for the next generations too: a power of two, within the model's context
+        length = min(model.params.max_seq_len, max(256, 1 << (max_seq_len - 1).bit_length()))
+        cached = (key, Decoder(model, batch_size, length, compile=compile))
+        object.__setattr__(model, "_decoder", cached)  # a plain attribute, not a submodule
     return cached[1]
 
 
@@ -126,6 +129,31 @@ def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new
     Tokens stay on the model's device: nothing here waits for the device except the EOS test.
     """
     prompts = _check_args(model, prompts, max_new_tokens, temperature, top_p, top_k)
+    with _decoding_threads(model, use_cache):
+        yield from _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k,
+                                   eos_id, use_cache, generator, compile)
+
+
+@contextlib.contextmanager
+def _decoding_threads(model: Transformer, use_cache: bool) -> Iterator[None]:
+    """One CPU thread while a small model decodes. Each step is a few dozen operations of a few
+    microseconds; splitting them over threads costs more than it saves, and on a shared machine
+    a descheduled thread stalls the others (2 threads ran 1.5-3x slower than 1 in
+    benchmarks/generate_speed.py). Large models keep every thread for their matrix products."""
+    small = (use_cache and model.tok_embeddings.weight.device.type == "cpu"
+             and model.num_parameters() < 50e6)
+    threads = torch.get_num_threads()
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(threads)
+
+
+def _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
+                    use_cache, generator, compile):
     device = model.tok_embeddings.weight.device
     B = len(prompts)
     lens = [len(p) for p in prompts]
@@ -152,7 +180,8 @@ def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new
         else:  # the prompt (prefill), or a refill after the window slid
             logits = decoder(tokens[:, prev_pos:cur_pos], prev_pos - window_start)
         next_token = sample_next(logits, temperature, top_p, top_k, generator)  # (B,)
-        next_token = torch.where(in_prompt[:, cur_pos], tokens[:, cur_pos], next_token)
+        if cur_pos < max(lens):  # some rows are still reading their prompt
+            next_token = torch.where(in_prompt[:, cur_pos], tokens[:, cur_pos], next_token)
         tokens[:, cur_pos] = next_token
         prev_pos = cur_pos
         yield cur_pos, next_token

@@ -118,3 +118,21 @@ def test_compiled_decoding_gives_the_same_tokens(model):
     compiled = lc.generate(model, prompts, 20, temperature=0, compile=True)
     again = lc.generate(model, prompts, 20, temperature=0, compile=True)  # reuses the decoder
     assert compiled == eager == again
+
+
+def test_a_reused_decoder_sees_new_weights(model):
+    """generate() keeps its decoder (fused weights, cache) between calls; a weight update must
+    not leave it stale."""
+    first = lc.generate(model, [[1, 2, 3]], 15, temperature=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    again = lc.generate(model, [[1, 2, 3]], 15, temperature=0)
+    assert again == lc.generate(model, [[1, 2, 3]], 15, temperature=0, use_cache=False)
+    assert again != first
+
+
+def test_decoding_restores_the_thread_count(model):
+    threads = torch.get_num_threads()
+    lc.generate(model, [[1, 2, 3]], 5, temperature=0)
+    assert torch.get_num_threads() == threads
