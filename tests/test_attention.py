@@ -7,7 +7,7 @@ import torch
 
 import llama_course as lc
 
-from conftest import small_args
+from references import small_args
 
 
 def test_repeat_kv_equals_repeat_interleave():

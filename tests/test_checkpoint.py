@@ -18,7 +18,7 @@ import torch
 import llama_course as lc
 from llama_course import checkpoint
 
-transformers = pytest.importorskip("transformers")
+import transformers  # the independent reference: a test extra, never skipped
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 

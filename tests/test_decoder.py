@@ -6,7 +6,7 @@ import torch
 import llama_course as lc
 from llama_course.decoder import Decoder
 
-from conftest import CONFIGS, small_args
+from references import CONFIGS, small_args
 
 
 def model_for(name):

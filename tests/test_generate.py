@@ -5,7 +5,7 @@ import torch
 
 import llama_course as lc
 
-from conftest import hf_reference, small_args
+from references import hf_reference, small_args
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from llama_course import llama3_tokenizer as l3
 
-pytest.importorskip("tiktoken")
+import tiktoken  # noqa: F401  (the optional dependency: a test extra, never skipped)
 
 # Meta's pattern, written out here independently of the package's constant
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -53,8 +53,8 @@ def tok(rank_file):
 
 @pytest.fixture(scope="module")
 def reference(rank_file, tmp_path_factory):
-    pytest.importorskip("tokenizers")
-    conv = pytest.importorskip("transformers.convert_slow_tokenizer")
+    import tokenizers  # noqa: F401
+    import transformers.convert_slow_tokenizer as conv
     mp = pytest.MonkeyPatch()
     mp.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken's loader would otherwise cache by path
     try:
@@ -162,7 +162,7 @@ def test_chat_format(tok):
 
 
 def test_chat_format_equals_transformers_chat_template(tok, reference):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     # the template Meta's Llama 3 Instruct models ship, in Jinja (as on the Hugging Face Hub)
     template = ("{% for message in messages %}{% set content = '<|start_header_id|>' + "
                 "message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + "

@@ -5,7 +5,7 @@ import torch
 
 import llama_course as lc
 
-from conftest import CONFIGS, hf_reference, small_args
+from references import CONFIGS, hf_reference, small_args
 
 
 def test_state_dict_keys_are_metas():

@@ -10,7 +10,7 @@ SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
 
 
 def hf_cos_sin(head_dim, T, theta, scaling):
-    transformers = pytest.importorskip("transformers")
+    import transformers  # the independent reference: a test extra, never skipped
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
     rope_scaling = None if scaling is None else {"rope_type": "llama3", **scaling}
     config = transformers.LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2,
