@@ -14,6 +14,7 @@ the achieved GFLOP/s.
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import json
 import os
 import time
@@ -43,7 +44,7 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, compile: bool
 
     def autocast():
         if dtype == torch.float32:
-            return T._null_context()
+            return nullcontext()
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     def step():

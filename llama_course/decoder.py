@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import Transformer
-from .rope import precompute_freqs_cis
+from .rope import precompute_freqs_cis, rotate
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -47,14 +47,8 @@ def linear(x: torch.Tensor, w: torch.Tensor | tuple[torch.Tensor, ...]) -> torch
     return torch.cat([F.linear(x, part) for part in w], dim=-1)
 
 
-def rope(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """Meta's complex-form RoPE on x: (B, T, heads, D); freqs_cis: (T, D/2). Fewest kernels."""
-    x_ = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, heads, D/2)
-    return torch.view_as_real(x_ * freqs_cis[None, :, None, :]).flatten(3).type_as(x)
-
-
 def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The same rotation in real arithmetic, (a + ib)(c + is) spelled out: torch.compile
+    """`rope.rotate` in real arithmetic, (a + ib)(c + is) spelled out: torch.compile
     fuses it into one kernel, while complex tensors would break the compiled graph.
     x: (B, T, heads, D); cos, sin: (T, D/2)."""
     a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # even and odd dimensions
@@ -128,7 +122,7 @@ class Decoder(nn.Module):
         if T > 1 and start_pos > 0:  # a chunk after a cached prefix: see the prefix, not ahead
             mask = self.positions[None, :end] <= self.positions[start_pos:end, None]  # (T, end)
         for i, lw in enumerate(self.layers):
-            q, k, v = self._qkv(h, lw, lambda x: rope(x, freqs_cis))  # (B, heads, T, D)
+            q, k, v = self._qkv(h, lw, lambda x: rotate(x, freqs_cis))  # (B, heads, T, D)
             self.cache_k[i, :B, :, start_pos:end] = k
             self.cache_v[i, :B, :, start_pos:end] = v
             keys, values = self.cache_k[i, :B, :, :end], self.cache_v[i, :B, :, :end]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention, KVCache, causal_mask
-from .config import ModelArgs, num_parameters
+from .config import ModelArgs
 from .ffn import FeedForward
 from .norm import RMSNorm
 from .rope import precompute_freqs_cis
@@ -105,9 +105,6 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Parameters actually held (a tied matrix counted once)."""
         return sum(p.numel() for p in self.parameters())
-
-    def expected_num_parameters(self) -> int:
-        return num_parameters(self.params)
 
     def _check_tokens(self, tokens: torch.Tensor, start_pos: int) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:

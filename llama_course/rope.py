@@ -74,19 +74,21 @@ def reshape_for_broadcast(freqs_cis: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return freqs_cis.view(1, x.shape[1], 1, x.shape[-1])
 
 
-def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor,
-                     freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate queries and keys, Meta's way. xq: (B, T, n_heads, D), xk: (B, T, n_kv_heads, D).
+def rotate(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate x: (B, T, heads, D) by the angles in freqs_cis: (T, D/2), Meta's way.
 
     Neighbouring dimensions form one complex number; multiplying by e^{i*angle} rotates it.
     Computed in float32 (angles at position 100,000 need the precision), cast back after.
     """
-    xq_ = torch.view_as_complex(xq.float().reshape(*xq.shape[:-1], -1, 2))  # (B, T, H, D/2)
-    xk_ = torch.view_as_complex(xk.float().reshape(*xk.shape[:-1], -1, 2))  # (B, T, Hkv, D/2)
-    freqs_cis = reshape_for_broadcast(freqs_cis, xq_)  # (1, T, 1, D/2)
-    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(3)  # (B, T, H, D)
-    xk_out = torch.view_as_real(xk_ * freqs_cis).flatten(3)  # (B, T, Hkv, D)
-    return xq_out.type_as(xq), xk_out.type_as(xk)
+    x_ = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, heads, D/2)
+    x_out = torch.view_as_real(x_ * reshape_for_broadcast(freqs_cis, x_)).flatten(3)
+    return x_out.type_as(x)  # (B, T, heads, D)
+
+
+def apply_rotary_emb(xq: torch.Tensor, xk: torch.Tensor,
+                     freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate queries and keys. xq: (B, T, n_heads, D), xk: (B, T, n_kv_heads, D)."""
+    return rotate(xq, freqs_cis), rotate(xk, freqs_cis)
 
 
 # ---------------------------------------------------------------------------- HF layout

@@ -27,6 +27,7 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -280,7 +281,7 @@ def evaluate(model: Transformer, data: torch.Tensor, block_size: int,
              device: torch.device, batch_size: int = 64, autocast=None) -> float:
     """Loss over the whole split, every token after the first predicted exactly once.
     This is the number a run reports."""
-    autocast = autocast or _null_context
+    autocast = autocast or nullcontext
     total, count = 0.0, 0
     for x, y in eval_windows(data, block_size):
         for i in range(0, len(x), batch_size):
@@ -290,14 +291,6 @@ def evaluate(model: Transformer, data: torch.Tensor, block_size: int,
             total += F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="sum").item()
             count += yb.numel()
     return total / count
-
-
-class _null_context:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -470,7 +463,7 @@ def _train(cfg, resume, text, callback, model_fn, dist: Distributed) -> TrainRes
 
     def autocast():
         if not use_autocast:
-            return _null_context()
+            return nullcontext()
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
@@ -590,7 +583,7 @@ def _train_step(model, optimizer, scaler, train_data, cfg, block_size, batch_gen
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         last = micro == cfg.grad_accum_steps - 1
         sync = getattr(model, "no_sync", None)
-        ctx = sync() if (sync is not None and not last) else _null_context()
+        ctx = sync() if (sync is not None and not last) else nullcontext()
         with ctx:
             with autocast():
                 logits = model(x)  # (B, T, vocab)
