@@ -64,6 +64,22 @@ CANDIDATES: dict[str, tuple] = {
     "tied": (dict(tie_word_embeddings=True), {}),
     "heads8-kv2": (dict(n_heads=8, n_kv_heads=2), {}),
     "ffn-x1.5": (dict(ffn_dim_multiplier=1.5), {}),
+    # Muon (llama_course/optim.py) for the blocks' matrices, AdamW for the rest
+    "bf16-muon": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon")),
+    "bf16-muon-lr0.006": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                   muon_lr=0.006)),
+    "bf16-muon-lr0.015": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                   muon_lr=0.015)),
+    "bf16-muon-batch64": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                   batch_size=64)),
+    "bf16-muon-mom0.9": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                  muon_momentum=0.9)),
+    "bf16-muon-adam3e-3": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                    lr=3e-3)),
+    "bf16-muon-batch64-adam3e-3": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                            batch_size=64, lr=3e-3)),
+    "bf16-muon-batch64-lr0.015": ({}, dict(dtype="bf16", warmup_steps=50, optimizer="muon",
+                                           batch_size=64, muon_lr=0.015)),
 }
 
 

@@ -10,7 +10,9 @@ The modules follow the course's notebooks:
     ffn        the SwiGLU feed-forward network                        (notebook 05)
     model      TransformerBlock and Transformer                       (notebook 06)
     generate   sampling and the decoding loop                         (notebooks 06-07)
+    decoder    the fast decoding path: fused weights, preallocated cache (notebook 06)
     data       Tiny Shakespeare, the split, next-token batches        (notebook 07)
+    optim      Muon, the optimizer of the blocks' matrices            (notebook 07)
     train      the training loop, checkpoints, metrics                (notebook 07)
     checkpoint Meta <-> Hugging Face layouts, loading and saving      (notebook 08)
 """

@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sequences per step (per process under torchrun)")
     t.add_argument("--block-size", type=_positive_int, metavar="T",
                    help="context length in characters (also the model's max_seq_len)")
-    t.add_argument("--lr", type=_positive_float, help="peak learning rate")
+    t.add_argument("--optimizer", choices=["adamw", "muon"],
+                   help="adamw, or muon: Muon for the matrices inside the blocks and AdamW for "
+                   "the rest (the shakespeare-cpu preset's choice; see llama_course/optim.py)")
+    t.add_argument("--lr", type=_positive_float, help="peak learning rate (AdamW's)")
+    t.add_argument("--muon-lr", type=_positive_float, help="peak learning rate of Muon's matrices")
     t.add_argument("--grad-accum", type=_positive_int, metavar="K",
                    help="micro-batches per optimizer step")
     t.add_argument("--eval-interval", type=_non_negative_int, metavar="N",
@@ -115,7 +119,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in dict(
         device=a.device, max_steps=a.max_steps, time_budget=a.time_budget, out_dir=a.out,
-        batch_size=a.batch_size, block_size=a.block_size, lr=a.lr,
+        batch_size=a.batch_size, block_size=a.block_size, lr=a.lr, optimizer=a.optimizer,
+        muon_lr=a.muon_lr,
         grad_accum_steps=a.grad_accum, eval_interval=a.eval_interval,
         log_interval=a.log_interval, save_interval=a.save_interval, dtype=a.dtype,
         compile=a.compile, seed=a.seed,

@@ -104,18 +104,22 @@ def _check_args(model: Transformer, prompts: Sequence[Sequence[int]], max_new_to
 
 # ---------------------------------------------------------------------------- decoding loop
 def _decoder(model: Transformer, batch_size: int, max_seq_len: int, compile: bool) -> Decoder:
-    """The Decoder for this generation. The last one is kept on the model and reused while the
-    weights, the batch size, the length and `compile` are unchanged: building one copies the
+    """The Decoder for this generation. Decoders are kept on the model, one per batch size and
+    `compile` setting, and reused while the weights are unchanged: building one copies the
     fused weights, and compiling one takes seconds. Its cache needs no reset: every generation
     writes positions 0.. before it reads them."""
-    key = (batch_size, compile, tuple((p.data_ptr(), p._version) for p in model.parameters()))
-    cached = getattr(model, "_decoder", None)
-    if cached is None or cached[0] != key or cached[1].max_seq_len < max_seq_len:
+    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    decoders = getattr(model, "_decoders", None)
+    if decoders is None or decoders["weights"] != weights:  # new weights: start afresh
+        decoders = {"weights": weights}
+        object.__setattr__(model, "_decoders", decoders)  # a plain attribute, not a submodule
+    decoder = decoders.get((batch_size, compile))
+    if decoder is None or decoder.max_seq_len < max_seq_len:
         # room for the next generations too: a power of two, within the model's context
         length = min(model.params.max_seq_len, max(256, 1 << (max_seq_len - 1).bit_length()))
-        cached = (key, Decoder(model, batch_size, length, compile=compile))
-        object.__setattr__(model, "_decoder", cached)  # a plain attribute, not a submodule
-    return cached[1]
+        decoder = decoders[batch_size, compile] = Decoder(model, batch_size, length,
+                                                          compile=compile)
+    return decoder
 
 
 @torch.inference_mode()

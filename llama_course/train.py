@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .config import ModelArgs, get_preset, parameter_breakdown
 from .data import encode_text, eval_windows, get_batch, load_tiny_shakespeare, train_val_split
 from .model import Transformer
+from .optim import Muon
 from .tokenizer import CharTokenizer
 
 STATE_FILE = "train_state.pt"
@@ -58,7 +59,10 @@ class TrainConfig:
     grad_accum_steps: int = 1         # micro-batches summed before each update
     max_steps: int = 5000             # optimizer updates, unless the time budget ends first
     time_budget: Optional[float] = None  # seconds of training; the LR schedule ends on time
-    lr: float = 2e-3                  # peak learning rate (small models tolerate a high one)
+    optimizer: str = "adamw"          # adamw | muon (Muon for the blocks' matrices, see optim.py)
+    lr: float = 2e-3                  # peak learning rate of AdamW (small models tolerate a high one)
+    muon_lr: float = 0.01             # peak learning rate of Muon's matrices (unit-size updates)
+    muon_momentum: float = 0.95       # Muon's momentum: it sees gradients only through this average
     min_lr_ratio: float = 0.1         # the cosine decays to lr * min_lr_ratio
     warmup_steps: int = 20            # linear warm-up: Adam's moment estimates start at zero
     weight_decay: float = 0.1         # decoupled, on matrices only (not on norm gains)
@@ -89,8 +93,13 @@ class TrainConfig:
             _positive("block_size", self.block_size)
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget ({self.time_budget}) must be positive seconds")
-        if not self.lr > 0:
-            raise ValueError(f"lr ({self.lr}) must be positive")
+        for name in ("lr", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
+        if not 0 <= self.muon_momentum < 1:
+            raise ValueError(f"muon_momentum ({self.muon_momentum}) must be in [0, 1)")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer {self.optimizer!r} must be adamw or muon")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio ({self.min_lr_ratio}) must be in [0, 1]")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
@@ -109,6 +118,7 @@ TRAIN_PRESETS: dict[str, dict] = {
     "tiny": dict(preset="tiny", batch_size=16, block_size=64, max_steps=200, lr=3e-3,
                  eval_interval=50, warmup_steps=10),
     "shakespeare-cpu": dict(preset="shakespeare-cpu", batch_size=32, lr=2e-3,
+                            optimizer="muon", muon_lr=0.01,
                             warmup_steps=50, time_budget=120.0, max_steps=100_000,
                             eval_interval=250),
     "shakespeare-gpu": dict(preset="shakespeare-gpu", batch_size=64, lr=1e-3,
@@ -249,16 +259,41 @@ def run_progress(cfg: TrainConfig, step: int, train_time: float) -> float:
 
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig,
-                        device: torch.device) -> torch.optim.AdamW:
+                        device: torch.device) -> torch.optim.Optimizer:
     """AdamW with weight decay on the matrices only: decaying the norms' gains toward zero
-    would fight the normalisation, and embeddings are matrices like any other here."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type in ("cuda", "cpu")  # fused kernels exist for both in torch >= 2.4
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    would fight the normalisation, and embeddings are matrices like any other here.
+
+    With optimizer="muon", the matrices inside the blocks move to a Muon group (optim.py) and
+    the embeddings, the output head and the norm gains keep AdamW. Every group records its
+    peak learning rate ("peak_lr"); the schedule scales all of them alike.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    vectors = [p for _, p in named if p.dim() < 2]
+    if cfg.optimizer == "muon":
+        in_blocks = [p for n, p in named if p.dim() == 2 and n.startswith("layers.")]
+        matrices = [p for n, p in named if p.dim() >= 2 and not n.startswith("layers.")]
+        groups = [{"params": in_blocks, "muon": True, "lr": cfg.muon_lr, "weight_decay": 0.0},
+                  {"params": matrices, "weight_decay": cfg.weight_decay},
+                  {"params": vectors, "weight_decay": 0.0}]
+        optimizer = Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum,
+                         betas=(cfg.beta1, cfg.beta2))
+    else:
+        matrices = [p for _, p in named if p.dim() >= 2]
+        groups = [{"params": matrices, "weight_decay": cfg.weight_decay},
+                  {"params": vectors, "weight_decay": 0.0}]
+        fused = device.type in ("cuda", "cpu")  # fused kernels exist for both in torch >= 2.4
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      fused=fused)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = group["lr"]
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: float) -> None:
+    """Set `lr` (the schedule's value for cfg.lr) on every group, each in proportion to its
+    own peak: Muon's matrices and AdamW's parameters warm up and decay together."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["peak_lr"] * lr / cfg.lr
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -507,8 +542,7 @@ def _train(cfg, resume, text, callback, model_fn, dist: Distributed) -> TrainRes
                 break
             t0 = time.perf_counter()
             lr = lr_at(cfg, step, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, cfg, lr)
             loss = _train_step(model, optimizer, scaler, train_data, cfg, block_size, batch_gen,
                                dist, device, autocast)
             step += 1

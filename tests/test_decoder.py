@@ -16,12 +16,13 @@ def model_for(name):
     return m
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused-transposed", "model-matrices"])
 @pytest.mark.parametrize("name", ["mha", "gqa", "mqa", "tied", "rope_scaling", "odd_ffn"])
-def test_prefill_then_steps_equal_full_forward(name):
+def test_prefill_then_steps_equal_full_forward(name, fuse):
     model = model_for(name)
     tokens = torch.randint(0, model.vocab_size, (3, 30))
     full = model(tokens)  # (B, T, V)
-    dec = Decoder(model, batch_size=3, max_seq_len=40)
+    dec = Decoder(model, batch_size=3, max_seq_len=40, fuse=fuse)
     got = [dec(tokens[:, :10], 0)]  # prefill: logits of position 9
     got += [dec(tokens[:, 10:14], 10)]  # a chunk after a cached prefix
     got += [dec(tokens[:, t:t + 1], t) for t in range(14, 30)]

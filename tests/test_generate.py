@@ -132,6 +132,16 @@ def test_a_reused_decoder_sees_new_weights(model):
     assert again != first
 
 
+def test_decoders_are_kept_per_batch_size(model):
+    """Alternating batch sizes (or compile on/off) reuses each setting's decoder instead of
+    rebuilding one every call."""
+    lc.generate(model, [[1, 2, 3]], 5, temperature=0)
+    single = model._decoders[1, False]
+    lc.generate(model, [[1, 2], [3]], 5, temperature=0)
+    lc.generate(model, [[1, 2, 3]], 5, temperature=0)
+    assert model._decoders[1, False] is single and (2, False) in model._decoders
+
+
 def test_decoding_restores_the_thread_count(model):
     threads = torch.get_num_threads()
     lc.generate(model, [[1, 2, 3]], 5, temperature=0)

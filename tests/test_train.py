@@ -27,8 +27,9 @@ def test_untrained_loss_is_ln_vocab():
     assert abs(loss - math.log(tok.vocab_size)) < 0.05
 
 
-def test_a_few_dozen_steps_drive_the_loss_down(tmp_path):
-    result = T.train(cfg(tmp_path), text=TEXT)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_few_dozen_steps_drive_the_loss_down(tmp_path, optimizer):
+    result = T.train(cfg(tmp_path, optimizer=optimizer), text=TEXT)
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert list(metrics.columns) == ["step", "elapsed_s", "lr", "train_loss", "val_loss"]
     first, last = metrics.train_loss.iloc[:5].mean(), metrics.train_loss.iloc[-5:].mean()
@@ -70,15 +71,16 @@ def test_run_folder_round_trip(tmp_path):
         summary["final_val_loss"], rel=1e-6)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    full = cfg(tmp_path / "a", max_steps=30, eval_interval=10)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, optimizer):
+    full = cfg(tmp_path / "a", max_steps=30, eval_interval=10, optimizer=optimizer)
     T.train(full, text=TEXT)
 
     def ctrl_c_at_13(step, loss):
         if step == 13:
             raise KeyboardInterrupt
 
-    part = cfg(tmp_path / "b", max_steps=30, eval_interval=10)
+    part = cfg(tmp_path / "b", max_steps=30, eval_interval=10, optimizer=optimizer)
     result = T.train(part, text=TEXT, callback=ctrl_c_at_13)
     assert result.interrupted and result.steps == 13
     assert T.load_train_state(tmp_path / "b" / "run")["step"] == 13  # saved on the way out
@@ -195,6 +197,9 @@ def test_gradient_accumulation_equals_the_big_batch(tmp_path):
     (dict(device="tpu"), "device 'tpu' must be auto, cpu, cuda or mps"),
     (dict(dtype="fp8"), "dtype 'fp8' must be"),
     (dict(min_lr_ratio=2.0), r"min_lr_ratio \(2.0\)"),
+    (dict(optimizer="sgd"), "optimizer 'sgd' must be adamw or muon"),
+    (dict(muon_lr=0.0), r"muon_lr \(0.0\) must be positive"),
+    (dict(muon_momentum=1.0), r"muon_momentum \(1.0\) must be in \[0, 1\)"),
 ])
 def test_config_errors(kw, message):
     with pytest.raises(ValueError, match=message):
