@@ -275,8 +275,11 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig,
         groups = [{"params": in_blocks, "muon": True, "lr": cfg.muon_lr, "weight_decay": 0.0},
                   {"params": matrices, "weight_decay": cfg.weight_decay},
                   {"params": vectors, "weight_decay": 0.0}]
+        # Newton-Schulz in bf16 where the hardware multiplies bf16 natively, else in fp32
+        ns_dtype = torch.bfloat16 if resolve_dtype(cfg.dtype, device) == torch.bfloat16 \
+            else torch.float32
         optimizer = Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum,
-                         betas=(cfg.beta1, cfg.beta2))
+                         betas=(cfg.beta1, cfg.beta2), ns_dtype=ns_dtype)
     else:
         matrices = [p for _, p in named if p.dim() >= 2]
         groups = [{"params": matrices, "weight_decay": cfg.weight_decay},
@@ -292,8 +295,8 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig,
 def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, lr: float) -> None:
     """Set `lr` (the schedule's value for cfg.lr) on every group, each in proportion to its
     own peak: Muon's matrices and AdamW's parameters warm up and decay together."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["peak_lr"] * lr / cfg.lr
+    for group in optimizer.param_groups:  # (runs saved before peak_lr existed: AdamW at cfg.lr)
+        group["lr"] = group.get("peak_lr", cfg.lr) * lr / cfg.lr
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -39,6 +39,15 @@ def test_orthogonalize_approximates_the_polar_factor(shape):
     torch.testing.assert_close(orthogonalize(1000 * G), O, atol=2e-2, rtol=0)
 
 
+def test_orthogonalize_in_float32():
+    """Where the hardware has no fast bf16 the iteration runs in fp32, with the same result
+    up to bf16 rounding."""
+    G = with_spectrum(40, 90, torch.logspace(0, -1.5, 40))
+    O32 = orthogonalize(G, dtype=torch.float32)
+    assert O32.dtype == torch.float32
+    torch.testing.assert_close(O32, orthogonalize(G), atol=2e-2, rtol=0)
+
+
 def test_orthogonalize_a_stack_equals_one_at_a_time():
     G = torch.randn(3, 32, 80)
     torch.testing.assert_close(orthogonalize(G), torch.stack([orthogonalize(g) for g in G]),
@@ -97,3 +106,6 @@ def test_configure_muon_groups():
     opt = T.configure_optimizer(model, cfg, torch.device("cpu"))
     T.set_lr(opt, cfg, 1e-3)  # half of the peak lr: every group at half its own peak
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 1e-3, 1e-3])
+    for dtype, ns_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        cfg = lc.TrainConfig(optimizer="muon", dtype=dtype)
+        assert T.configure_optimizer(model, cfg, torch.device("cpu")).ns_dtype == ns_dtype
