@@ -4,11 +4,11 @@
     python benchmarks/train_throughput.py --device cuda      # GPU: both Shakespeare presets
 
 Times the package's own training step (`llama_course.train._train_step`: forward, backward,
-clipping, the preset's optimizer: Muon + AdamW for shakespeare-cpu) for each combination of precision (fp32, bf16 autocast) and torch.compile,
-after warm-up steps (compilation excluded, and reported separately). FLOPs per token follow
-PaLM's accounting (6 per matrix parameter + 12 * layers * context * dim); the utilisation is
-against the GPU's dense bf16 peak. A CPU has no such published peak, so there the script prints
-the achieved GFLOP/s.
+clipping, the preset's optimizer, Muon + AdamW for shakespeare-cpu) for each combination of
+precision (fp32, bf16 autocast) and torch.compile, after warm-up steps (compilation excluded,
+and reported separately). FLOPs per token follow PaLM's accounting (6 per matrix parameter
++ 12 * layers * context * dim); the utilisation is against the GPU's dense bf16 peak. A CPU has
+no such published peak, so there the script prints the achieved GFLOP/s.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ class Decoder(nn.Module):
     """Generation-time view of a `Transformer`: fused weights and a preallocated KV cache.
 
     The embeddings are shared with the model; the norm gains and the matrices are copies made
-    once here (the matrices transposed and fused), or, for models of 200M parameters and more, where a copy would cost
-    real memory, the model's own matrices.
+    once here (the matrices transposed and fused). Models of 200M parameters and more, where
+    a copy would cost real memory, keep using their own matrices.
     """
 
     def __init__(self, model: Transformer, batch_size: int, max_seq_len: int,

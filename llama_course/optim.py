@@ -9,10 +9,11 @@ Computing U V^T exactly would take an SVD per matrix per step; a few iterations 
 matrix polynomial (Newton-Schulz) get close enough, with matrix products only.
 
 On Tiny Shakespeare it reaches in 120 s of CPU training the loss (1.54) that AdamW reached in
-300 s (benchmarks/tune_cpu.py and benchmarks/train_shakespeare.py record both). Muon is for the 2-D matrices
-inside the blocks. The embedding table (a lookup, not a linear map), the output head and
-the norm gains keep AdamW, in the same optimizer (parameter groups with muon=False), so a
-run has one optimizer, one state dict and one learning-rate schedule.
+300 s (benchmarks/tune_cpu.py and benchmarks/train_shakespeare.py record both).
+
+Muon is for the 2-D matrices inside the blocks. The embedding table (a lookup, not a linear
+map), the output head and the norm gains keep AdamW, in the same optimizer (parameter groups
+with muon=False), so a run has one optimizer, one state dict and one learning-rate schedule.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class TrainConfig:
     max_steps: int = 5000             # optimizer updates, unless the time budget ends first
     time_budget: Optional[float] = None  # seconds of training; the LR schedule ends on time
     optimizer: str = "adamw"          # adamw | muon (Muon for the blocks' matrices, see optim.py)
-    lr: float = 2e-3                  # peak learning rate of AdamW (small models tolerate a high one)
+    lr: float = 2e-3                  # AdamW's peak learning rate (small models tolerate 2e-3)
     muon_lr: float = 0.01             # peak learning rate of Muon's matrices (unit-size updates)
     muon_momentum: float = 0.95       # Muon's momentum: it sees gradients only through this average
     min_lr_ratio: float = 0.1         # the cosine decays to lr * min_lr_ratio

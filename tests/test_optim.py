@@ -99,7 +99,8 @@ def test_configure_muon_groups():
     muon, matrices, vectors = T.configure_optimizer(model, cfg, torch.device("cpu")).param_groups
     named = dict(model.named_parameters())
     ids = lambda g: {id(p) for p in g["params"]}  # noqa: E731
-    assert ids(muon) == {id(p) for n, p in named.items() if n.startswith("layers.") and p.dim() == 2}
+    in_blocks = {id(p) for n, p in named.items() if n.startswith("layers.") and p.dim() == 2}
+    assert ids(muon) == in_blocks
     assert ids(matrices) == {id(named["tok_embeddings.weight"]), id(named["output.weight"])}
     assert all(p.dim() == 1 for p in vectors["params"])
     assert (muon["muon"], muon["lr"], matrices["muon"], matrices["lr"]) == (True, 0.01, False, 2e-3)
