@@ -3,12 +3,15 @@
     python benchmarks/generate_speed.py                      # CPU: the 0.8M and 10M models
     python benchmarks/generate_speed.py --device cuda        # + a Llama 3.2 1B-shaped model, bf16
     python benchmarks/generate_speed.py --compile            # + our torch.compile'd decode step
+                                                             #   (on CUDA: replayed as a CUDA graph)
 
 For each model: greedy decoding of 200 tokens after a 10-token prompt, the same random weights
 loaded into `transformers.LlamaForCausalLM` (SDPA attention), the same tokens checked, the
 median of several runs. Prefill is timed as generating one token; decode tokens/s is the
 remaining tokens over the remaining time. Then the KV cache's speedup over re-running the whole
-sequence, as the number of generated tokens grows from 64 to 1024 (plot).
+sequence, as the number of generated tokens grows from 64 to 1024 (plot). On a GPU every
+model's decode speed is also set against the memory-bandwidth limit: the bytes a token must
+read (weights and KV cache) over the bandwidth of a large device-to-device copy.
 
 Every figure is printed with the machine's load: on a shared machine one other busy process can
 slow a 2-thread PyTorch process many times over.
@@ -96,6 +99,13 @@ def theirs(hf, prompt, n, use_cache=True):
     return out[0, len(prompt):].tolist()
 
 
+def agreeing(a: list[int], b: list[int]) -> int:
+    """How many tokens two greedy generations share before they first differ. In bf16 two
+    correct implementations round differently, and a near-tie between two tokens can then go
+    either way: from there on the texts differ, so the count says where, not whether."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens: int,
             compile: bool) -> list[dict]:
     model, hf = build(name, device, dtype)
@@ -134,12 +144,53 @@ def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens
             "decode_tok_s": statistics.median(decode[label]),
             "vs_transformers": statistics.median(d / h for d, h in zip(decode[label], hf)),
             "total_s": statistics.median(total[label]), "same_tokens": tokens[label] == reference,
+            "agreeing_tokens": agreeing(tokens[label], reference),
         })
         r = rows[-1]
         print(f"  {name:>9} {label:<26} prefill {r['prefill_tok_s']:9,.0f} tok/s   decode "
               f"{r['decode_tok_s']:9,.0f} tok/s = {r['vs_transformers']:4.2f}x transformers'   "
-              f"same tokens: {r['same_tokens']}", flush=True)
+              f"same tokens: {r['same_tokens']} ({r['agreeing_tokens']} agree)", flush=True)
+    if device.startswith("cuda"):
+        bandwidth_report(rows, model, device, len(prompt), new_tokens)
     return rows
+
+
+def copy_bandwidth(device: str, gib: float = 1.0, repeats: int = 10) -> float:
+    """Bytes per second of a large device-to-device copy (bytes read + bytes written): the
+    memory bandwidth a decoder can hope for, measured instead of taken from a datasheet."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    seconds, _ = timed(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.numel() / seconds
+
+
+def bytes_per_token(model, prompt_len: int, new_tokens: int) -> tuple[int, int]:
+    """The least a decode step must read from memory: every weight once (the embedding table
+    only if the output head reuses it; otherwise one row of it, nothing) and the keys and
+    values of the positions so far, on average over the generation. Returns (weights, cache)."""
+    a = model.params
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not a.tie_word_embeddings:
+        weights -= model.tok_embeddings.weight.numel() * model.tok_embeddings.weight.element_size()
+    per_position = 2 * a.n_layers * a.kv_heads * a.head_dim * model.tok_embeddings.weight.element_size()
+    return weights, per_position * (prompt_len + new_tokens // 2)
+
+
+def bandwidth_report(rows: list[dict], model, device: str, prompt_len: int,
+                     new_tokens: int) -> None:
+    """Decode tokens/s against the memory-bandwidth limit: bytes per token / bandwidth."""
+    bandwidth = copy_bandwidth(device)
+    weights, cache = bytes_per_token(model, prompt_len, new_tokens)
+    limit = bandwidth / (weights + cache)
+    print(f"  bandwidth limit: {weights / 1e9:.3f} GB of weights + {cache / 1e6:.1f} MB of KV "
+          f"cache per token, copy bandwidth {bandwidth / 1e12:.2f} TB/s -> at most "
+          f"{limit:,.0f} tok/s", flush=True)
+    for r in rows:
+        r.update(bytes_per_token=weights + cache, copy_bandwidth=bandwidth, limit_tok_s=limit,
+                 of_limit=r["decode_tok_s"] / limit)
+        print(f"  {r['model']:>9} {r['run']:<26} {r['decode_tok_s']:9,.0f} tok/s = "
+              f"{r['of_limit']:.0%} of the bandwidth limit", flush=True)
 
 
 def cache_speedup(device: str, dtype: torch.dtype, lengths: list[int]) -> list[dict]:

@@ -617,7 +617,8 @@ def load_pretrained(cls, path: str | Path, device: torch.device | str | None = N
 
     `dtype` None keeps the checkpoint's own dtype (that of its embedding matrix); `device`
     None keeps the weights on the CPU. Every tensor is checked against the shape the config
-    implies before it is used, and converted to `dtype`/`device` as it is read.
+    implies before it is used, and converted to `dtype`/`device` as it is read. The model comes
+    back in eval mode (dropout off); call `.train()` to train it further.
     """
     folder = Path(path)
     fmt = detect_format(folder)
@@ -697,7 +698,7 @@ def _build(cls, args: ModelArgs, source: _Source, fmt: str, device, dtype):
     model.load_state_dict(state, assign=True, strict=True)
     if args.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight
-    return model
+    return model.eval()  # ready to predict, as transformers' from_pretrained: dropout off
 
 
 # ---------------------------------------------------------------------------- saving

@@ -18,8 +18,10 @@ arithmetic, sets the speed. `Decoder` computes exactly the same thing with that 
   output head.
 
 With `compile=True` the single-token step uses static shapes (the whole cache, future positions
-masked) and is compiled with `torch.compile`; on CUDA with mode "reduce-overhead", which replays
-the step as a CUDA graph. If compilation fails the decoder says so once and runs eagerly.
+masked) and is compiled with `torch.compile`. On CUDA the compiled step is then captured once as
+a CUDA graph (`CUDAGraphStep`) and replayed for every token: one launch instead of a few hundred,
+which is what limits a small model on a GPU. Whatever fails (compilation, capture) the decoder
+says so once and falls back, to the eager step, or to launching the step's kernels one by one.
 `tests/test_decoder.py` checks the logits against `Transformer.forward` at every position.
 """
 
@@ -128,6 +130,11 @@ class Decoder(nn.Module):
             self._step = self._compile(device)
             self.compiled = True
 
+    @property
+    def cuda_graph(self) -> bool:
+        """True once the single-token step replays as a CUDA graph."""
+        return isinstance(self._step, CUDAGraphStep) and self._step.graph is not None
+
     # ------------------------------------------------------------------ any number of tokens
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
@@ -193,16 +200,72 @@ class Decoder(nn.Module):
         return self._head(h[:, -1])
 
     def _compile(self, device: torch.device):
-        mode = "reduce-overhead" if device.type == "cuda" else "default"  # CUDA graphs on GPU
-        compiled = torch.compile(self._static_step, mode=mode, fullgraph=True, dynamic=False)
+        compiled = torch.compile(self._static_step, fullgraph=True, dynamic=False)
+        if device.type == "cuda":
+            return CUDAGraphStep(self, compiled)
 
         def step(token, pos):
             try:
                 return compiled(token, pos)
             except Exception as e:  # an unsupported platform or backend: run eagerly instead
-                warnings.warn(f"torch.compile of the decode step failed ({type(e).__name__}: "
-                              f"{e}); decoding eagerly", RuntimeWarning, stacklevel=3)
+                _fallback_warning("torch.compile of the decode step", e, "decoding eagerly")
                 self._step, self.compiled = self._static_step, False
                 return self._static_step(token, pos)
 
         return step
+
+
+def _fallback_warning(what: str, error: Exception, instead: str) -> None:
+    warnings.warn(f"{what} failed ({type(error).__name__}: {error}); {instead}",
+                  RuntimeWarning, stacklevel=4)
+
+
+class CUDAGraphStep:
+    """The decoder's single-token step, recorded once as a CUDA graph and replayed per token.
+
+    A CUDA graph stores a fixed sequence of kernel launches on fixed memory. The static step
+    qualifies: its shapes never change, the position arrives as a tensor, and the KV cache is
+    written in place. So the first call copies its inputs into tensors the graph owns, runs the
+    step twice on a side stream (compiling it and letting the libraries pick their kernels; both
+    runs write the same keys and values at the same position, so the cache stays correct),
+    records it, and every call replays the recording: the CPU no longer launches each kernel,
+    which for a model of a few million parameters is most of the time per token.
+    """
+
+    def __init__(self, decoder: Decoder, compiled):
+        self.decoder, self.fn = decoder, compiled
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+
+    def __call__(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            try:
+                self._capture(token, pos)
+            except Exception as e:  # e.g. a kernel that cannot be captured: launch one by one
+                _fallback_warning("capturing the decode step as a CUDA graph", e,
+                                  "launching its kernels one by one")
+                self.decoder._step = self.fn
+                return self.fn(token, pos)
+        self.token.copy_(token)
+        self.pos.copy_(pos)
+        self.graph.replay()
+        return self.logits.clone()  # the graph overwrites its output at the next replay
+
+    def _capture(self, token: torch.Tensor, pos: torch.Tensor) -> None:
+        self.token, self.pos = token.clone(), pos.clone()  # (B,), (): the graph's inputs
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            try:
+                for _ in range(2):
+                    self.fn(self.token, self.pos)
+            except Exception as e:  # torch.compile unsupported here: record the eager step
+                _fallback_warning("torch.compile of the decode step", e,
+                                  "recording the eager step instead")
+                self.fn, self.decoder.compiled = self.decoder._static_step, False
+                for _ in range(2):
+                    self.fn(self.token, self.pos)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.fn(self.token, self.pos)  # (B, V), memory the graph owns
+        self.graph = graph

@@ -52,6 +52,24 @@ def test_compiled_step_equals_eager():
     assert dec.compiled  # still the compiled step: no silent fallback to eager
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU")
+def test_cuda_graph_step_equals_full_forward():
+    """GPU only (CI has none; run on the H100, see the README): the compiled step, recorded as a
+    CUDA graph and replayed, gives the model's logits at every position, batched, and each
+    replay returns its own tensor."""
+    model = model_for("gqa").cuda()
+    tokens = torch.randint(0, model.vocab_size, (2, 24), device="cuda")
+    full = model(tokens)  # (B, T, V)
+    dec = Decoder(model, batch_size=2, max_seq_len=32, compile=True)
+    dec(tokens[:, :6], 0)
+    steps = [dec.step(tokens[:, t], torch.tensor(t, device="cuda")) for t in range(6, 24)]
+    assert dec.cuda_graph and dec.compiled  # replayed, not a silent fallback
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 6:], atol=1e-4, rtol=1e-4)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    assert (lc.generate(model, prompts, 30, temperature=0, compile=True)
+            == lc.generate(model, prompts, 30, temperature=0))
+
+
 def test_bf16_decoder_stays_close():
     model = model_for("gqa")
     tokens = torch.randint(0, model.vocab_size, (2, 16))

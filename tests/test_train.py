@@ -27,6 +27,50 @@ def test_untrained_loss_is_ln_vocab():
     assert abs(loss - math.log(tok.vocab_size)) < 0.05
 
 
+def test_evaluation_turns_dropout_off_and_restores_the_mode():
+    """With dropout the loss of a model in training mode is the loss of a randomly thinned
+    network. Both evaluations must measure the model itself, and leave its mode as it was."""
+    tok = lc.CharTokenizer.from_text(TEXT)
+    torch.manual_seed(0)
+    model = lc.Transformer(lc.get_preset("tiny", vocab_size=tok.vocab_size, dropout=0.5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.3)  # confident predictions, which dropout visibly disturbs
+    _, val = lc.train_val_split(lc.encode_text(TEXT, tok))
+    cpu = torch.device("cpu")
+    x, y = lc.get_batch(val, 8, 64, torch.Generator().manual_seed(0))  # estimate_loss's batch
+
+    def batch_loss():
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+
+    thinned = batch_loss()
+    whole = lc.evaluate(model, val[:3000], 64, cpu)
+    estimate = T.estimate_loss(model, val, 64, 8, 1, cpu, T.nullcontext, seed=0)
+    assert model.training  # the mode it had
+    model.eval()
+    assert estimate == batch_loss() and abs(thinned - estimate) > 0.1
+    assert whole == lc.evaluate(model, val[:3000], 64, cpu)
+
+
+def test_training_resumes_in_training_mode(tmp_path, monkeypatch):
+    """from_pretrained returns a model in eval mode (as transformers does); a resumed run must
+    switch dropout back on."""
+    T.train(cfg(tmp_path, max_steps=6, model_overrides={"dropout": 0.1}), text=TEXT)
+    loaded = []
+    original = lc.Transformer.from_pretrained.__func__
+
+    def spy(cls, *a, **kw):
+        model = original(cls, *a, **kw)
+        assert not model.training  # ready to predict
+        loaded.append(model)
+        return model
+
+    monkeypatch.setattr(lc.Transformer, "from_pretrained", classmethod(spy))
+    T.train(cfg(tmp_path, max_steps=8, model_overrides={"dropout": 0.1}), resume=True, text=TEXT)
+    assert loaded and loaded[0].training and loaded[0].layers[0].dropout == 0.1
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_a_few_dozen_steps_drive_the_loss_down(tmp_path, optimizer):
     result = T.train(cfg(tmp_path, optimizer=optimizer), text=TEXT)
