@@ -70,6 +70,28 @@ def test_cuda_graph_step_equals_full_forward():
             == lc.generate(model, prompts, 30, temperature=0))
 
 
+def test_a_failed_cuda_graph_capture_falls_back_with_a_warning(monkeypatch):
+    """Where a graph cannot be recorded, the step says so once and runs its kernels one by one,
+    with the same logits. (The failure is forced, so that it happens with or without a GPU.)"""
+    from llama_course.decoder import CUDAGraphStep
+
+    def no_streams(*args, **kwargs):
+        raise RuntimeError("no CUDA streams here")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_streams)
+    model = model_for("gqa")
+    tokens = torch.randint(0, model.vocab_size, (1, 8))
+    full = model(tokens)
+    dec = Decoder(model, batch_size=1, max_seq_len=16)
+    dec._step = CUDAGraphStep(dec, dec._static_step)
+    dec(tokens[:, :4], 0)
+    with pytest.warns(RuntimeWarning, match="capturing the decode step as a CUDA graph failed"):
+        first = dec.step(tokens[:, 4], torch.tensor(4))
+    rest = [dec.step(tokens[:, t], torch.tensor(t)) for t in range(5, 8)]  # no second warning
+    assert not dec.cuda_graph
+    torch.testing.assert_close(torch.stack([first, *rest], 1), full[:, 4:], atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_decoder_stays_close():
     model = model_for("gqa")
     tokens = torch.randint(0, model.vocab_size, (2, 16))
