@@ -25,7 +25,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from .decoder import Decoder
-from .model import Transformer
+from .model import Transformer, eval_mode
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -131,9 +131,10 @@ def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new
     """Yield (position, tokens (B,)) for every position after the shortest prompt.
 
     Tokens stay on the model's device: nothing here waits for the device except the EOS test.
+    The model predicts in eval mode (no dropout), whatever mode it is in.
     """
     prompts = _check_args(model, prompts, max_new_tokens, temperature, top_p, top_k)
-    with _decoding_threads(model, use_cache):
+    with _decoding_threads(model, use_cache), eval_mode(model):
         yield from _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k,
                                    eos_id, use_cache, generator, compile)
 

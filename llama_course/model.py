@@ -13,8 +13,9 @@ RMSNorm and a linear head turn each position's vector into logits over the vocab
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -172,3 +173,16 @@ class Transformer(nn.Module):
             for layer in self.layers:
                 layer.attention.keep_weights = False
                 layer.attention.last_weights = None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while the model predicts (measuring a loss, generating), then the model's
+    own mode back. In training mode the output is that of a randomly thinned network: noisy,
+    and worse than what the model itself predicts."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

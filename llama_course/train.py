@@ -20,7 +20,6 @@ Run folder (`out_dir`), loadable with `Transformer.from_pretrained(out_dir)` and
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -31,15 +30,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .config import ModelArgs, get_preset, parameter_breakdown
 from .data import encode_text, eval_windows, get_batch, load_tiny_shakespeare, train_val_split
-from .model import Transformer
+from .model import Transformer, eval_mode
 from .optim import Muon
 from .tokenizer import CharTokenizer
 
@@ -339,19 +337,6 @@ def evaluate(model: Transformer, data: torch.Tensor, block_size: int,
                                          reduction="sum").item()
                 count += yb.numel()
     return total / count
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off while measuring, then the model's own mode back. A loss measured in
-    training mode is the loss of a randomly thinned network: noisy, and higher than what the
-    model itself predicts."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -146,3 +146,19 @@ def test_decoding_restores_the_thread_count(model):
     threads = torch.get_num_threads()
     lc.generate(model, [[1, 2, 3]], 5, temperature=0)
     assert torch.get_num_threads() == threads
+
+
+def test_generation_ignores_dropout_and_restores_the_mode():
+    """A model still in training mode (just trained, with dropout) generates as in eval mode,
+    by either path, and stays in training mode."""
+    torch.manual_seed(0)
+    m = lc.Transformer(small_args(dropout=0.5))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(std=0.3)  # confident predictions, which dropout would disturb
+    prompts = [[1, 2, 3], [4, 5, 6, 7]]
+    cached = lc.generate(m, prompts, 20, temperature=0)
+    uncached = lc.generate(m, prompts, 20, temperature=0, use_cache=False)
+    assert m.training
+    assert cached == uncached == lc.generate(m.eval(), prompts, 20, temperature=0,
+                                             use_cache=False)
