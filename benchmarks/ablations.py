@@ -11,7 +11,11 @@ within a few percent):
     gelu           a 2-matrix GELU feed-forward, 1.5x wider so the parameters match (GPT-2)
     learned-pos+gelu  both: essentially nanoGPT's block, with RMSNorm and no biases
 
-Writes benchmarks/results/ablations.json, which notebook 07 reads (it does not re-train them).
+Writes benchmarks/results/ablations.json, and a compact copy of it (the figures and curves
+notebook 07 draws) to llama_course/data/ablations.json, which ships with the package: the
+notebook reads that copy, on Colab too, and does not re-train the variants.
+
+    python benchmarks/ablations.py --package-copy-only   # rewrite the copy, train nothing
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import llama_course as lc
 import train_shakespeare as bench
 
 RESULTS = Path(__file__).parent / "results" / "ablations.json"
+PACKAGE_COPY = Path(__file__).parents[1] / "llama_course" / "data" / "ablations.json"
 
 
 class TokensPlusPositions(nn.Module):
@@ -88,20 +93,38 @@ VARIANTS = {
 }
 
 
+def write_package_copy(results: dict, path: Path = PACKAGE_COPY) -> None:
+    """The part of the results notebook 07 shows, small enough to ship with the package."""
+    keep = ("parameters", "steps", "tokens_per_s", "train_time_s", "final_val_loss",
+            "contended", "time_budget_s", "device", "torch")
+    runs = {name: {**{k: r[k] for k in keep if k in r},
+                   # [seconds, step, val loss] at each evaluation; the last: the whole split
+                   "curve": [[round(t, 1), int(step), round(loss, 4)] for t, step, loss in r["curve"]]}
+            for name, r in results["runs"].items()}
+    copy = {"source": "benchmarks/results/ablations.json", "command": results.get("command"),
+            "runs_per_variant": 1, "runs": runs}
+    path.write_text(json.dumps(copy, indent=1) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--time-budget", type=float, default=120.0)
     p.add_argument("--only", nargs="*", default=list(VARIANTS))
+    p.add_argument("--package-copy-only", action="store_true",
+                   help="only rewrite llama_course/data/ablations.json from the stored results")
     a = p.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
-    for name in a.only:
+    for name in ([] if a.package_copy_only else a.only):
         r = bench.run("shakespeare-cpu", a.time_budget, label=name,
                       model_fn=variant(*VARIANTS[name]), eval_interval=100)
         results["runs"][name] = r
         results["command"] = "python benchmarks/ablations.py"
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1))
+        write_package_copy(results)
+    if a.package_copy_only:
+        write_package_copy(results)
     print(f"\n{'variant':<18} {'params':>8} {'steps':>6} {'val loss':>9}")
     for name, r in results["runs"].items():
         print(f"{name:<18} {r['parameters'] / 1e6:7.3f}M {r['steps']:6d} "

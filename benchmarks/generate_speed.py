@@ -1,9 +1,13 @@
-"""Generation speed: our KV-cache decoder against transformers, on the same weights.
+"""Generation speed: our two decoding paths against transformers, on the same weights.
 
     python benchmarks/generate_speed.py                      # CPU: the 0.8M and 10M models
     python benchmarks/generate_speed.py --device cuda        # + a Llama 3.2 1B-shaped model, bf16
-    python benchmarks/generate_speed.py --compile            # + our torch.compile'd decode step
+    python benchmarks/generate_speed.py --compile            # + FastDecoder(compile=True)
                                                              #   (on CUDA: replayed as a CUDA graph)
+
+"plain" is `lc.generate(model, ...)`: the model the notebooks build, through its own
+`forward(tokens, start_pos, cache)`. "fast" is `lc.generate(model, ..., decoder=FastDecoder(model))`
+(llama_course/fast/), the decoder built once, as a user would.
 
 For each model: greedy decoding of 200 tokens after a 10-token prompt, the same random weights
 loaded into `transformers.LlamaForCausalLM` (SDPA attention), the same tokens checked, the
@@ -87,8 +91,8 @@ def timed(fn, device: str, repeats: int) -> tuple[float, list]:
     return statistics.median(times), out
 
 
-def ours(model, prompt, n, use_cache=True, compile=False):
-    return lc.generate(model, [prompt], n, temperature=0, use_cache=use_cache, compile=compile)[0]
+def ours(model, prompt, n, use_cache=True, decoder=None):
+    return lc.generate(model, [prompt], n, temperature=0, use_cache=use_cache, decoder=decoder)[0]
 
 
 @torch.inference_mode()
@@ -107,18 +111,21 @@ def agreeing(a: list[int], b: list[int]) -> int:
 
 
 def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens: int,
-            compile: bool) -> list[dict]:
+            compile: bool, no_uncached: bool = False) -> list[dict]:
     model, hf = build(name, device, dtype)
     prompt = list(range(1, 11))
+    fast = lc.FastDecoder(model)
     runs = {
-        "ours, KV cache": lambda n: ours(model, prompt, n),
+        "ours, fast path": lambda n: ours(model, prompt, n, decoder=fast),
+        "ours, plain path": lambda n: ours(model, prompt, n),
         "ours, no cache": lambda n: ours(model, prompt, n, use_cache=False),
         "transformers, KV cache": lambda n: theirs(hf, prompt, n),
         "transformers, no cache": lambda n: theirs(hf, prompt, n, use_cache=False),
     }
     if compile:
-        runs["ours, KV cache, compiled"] = lambda n: ours(model, prompt, n, compile=True)
-    if name == "1B-shaped":  # re-running 200 tokens of a 1B model without a cache: skip
+        compiled = lc.FastDecoder(model, compile=True)
+        runs["ours, fast path, compiled"] = lambda n: ours(model, prompt, n, decoder=compiled)
+    if name == "1B-shaped" or no_uncached:  # e.g. 200 tokens of a 1B model without a cache
         runs = {k: v for k, v in runs.items() if "no cache" not in k}
     for fn in runs.values():
         fn(new_tokens)  # warm-up (and compilation)
@@ -135,7 +142,7 @@ def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens
     decode = {label: [(new_tokens - 1) / max(t - f, 1e-9) for f, t in zip(first[label], total[label])]
               for label in runs}
     hf = decode["transformers, KV cache"]
-    reference = tokens["ours, KV cache"]
+    reference = tokens["ours, plain path"]
     rows = []
     for label in runs:
         rows.append({
@@ -147,9 +154,11 @@ def measure(name: str, device: str, dtype: torch.dtype, repeats: int, new_tokens
             "agreeing_tokens": agreeing(tokens[label], reference),
         })
         r = rows[-1]
+        r["loadavg_1min"] = round(os.getloadavg()[0], 2)
         print(f"  {name:>9} {label:<26} prefill {r['prefill_tok_s']:9,.0f} tok/s   decode "
               f"{r['decode_tok_s']:9,.0f} tok/s = {r['vs_transformers']:4.2f}x transformers'   "
-              f"same tokens: {r['same_tokens']} ({r['agreeing_tokens']} agree)", flush=True)
+              f"same tokens: {r['same_tokens']} ({r['agreeing_tokens']} agree)   "
+              f"load {r['loadavg_1min']}", flush=True)
     if device.startswith("cuda"):
         bandwidth_report(rows, model, device, len(prompt), new_tokens)
     return rows
@@ -252,7 +261,13 @@ def main() -> None:
     p.add_argument("--models", nargs="*", help="subset of: " + ", ".join(MODELS))
     p.add_argument("--lengths", type=int, nargs="*", default=[64, 128, 256, 512, 1024])
     p.add_argument("--tag", default=None, help="suffix of the result files (default: device)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for every run (default: PyTorch's); the fast path "
+                   "keeps its own setting (1 thread for a small CPU model)")
+    p.add_argument("--no-uncached", action="store_true", help="skip the runs without a cache")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     cuda = a.device.startswith("cuda")
     names = a.models or ([*MODELS] if cuda else ["0.8M", "10M"])
     info = machine(a.device)
@@ -260,7 +275,8 @@ def main() -> None:
     rows = []
     for name in names:
         dtype = torch.bfloat16 if name == "1B-shaped" else torch.float32
-        rows += measure(name, a.device, dtype, a.repeats, a.new_tokens, a.compile)
+        rows += measure(name, a.device, dtype, a.repeats, a.new_tokens, a.compile,
+                        a.no_uncached)
     growth = cache_speedup(a.device, torch.float32, a.lengths) if a.lengths else []
     info["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     tag = a.tag or ("cuda" if cuda else "cpu")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 import llama_course as lc
-from llama_course.train import train
+from llama_course import train
 
 # Reference points: nanoGPT's shakespeare_char, full-validation-split loss, measured on this
 # 2-core machine with its README CPU configuration (4 layers, 128 wide, block 64, batch 12)

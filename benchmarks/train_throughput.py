@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py                    # CPU: shakespeare-cpu
     python benchmarks/train_throughput.py --device cuda      # GPU: both Shakespeare presets
 
-Times the package's own training step (`llama_course.train._train_step`: forward, backward,
+Times the package's own training step (`llama_course.train_step`: forward, backward,
 clipping, the preset's optimizer, Muon + AdamW for shakespeare-cpu) for each combination of
 precision (fp32, bf16 autocast) and torch.compile, after warm-up steps (compilation excluded,
 and reported separately). FLOPs per token follow PaLM's accounting (6 per matrix parameter
@@ -14,7 +14,6 @@ no such published peak, so there the script prints the achieved GFLOP/s.
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 import json
 import os
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 import llama_course as lc
-from llama_course import train as T
+from llama_course import optim, runtime
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,35 +35,30 @@ def measure(preset: str, device: torch.device, dtype: torch.dtype, compile: bool
                         max_batch_size=max(base.max_batch_size, cfg.batch_size))
     torch.manual_seed(0)
     model = lc.Transformer(args).to(device)
-    optimizer = T.configure_optimizer(model, cfg, device)
+    optimizer = optim.configure_optimizer(model, cfg, device)
     run_model = torch.compile(model) if compile else model
     data = torch.randint(0, 68, (200_000,))
     gen = torch.Generator().manual_seed(0)
-    dist = T.Distributed("cpu")  # a single process
-
-    def autocast():
-        if dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
 
     def step():
-        return T._train_step(run_model, optimizer, None, data, cfg, args.max_seq_len, gen, dist,
-                             device, autocast)
+        batches = [lc.get_batch(data, cfg.batch_size, args.max_seq_len, gen)
+                   for _ in range(cfg.grad_accum_steps)]
+        return lc.train_step(run_model, optimizer, batches, cfg.grad_clip, dtype)
 
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    loss = step().item()  # waits for the device
+    loss = step()  # a float: waits for the device
     warm = time.perf_counter() - t0
     cpu0, t0 = time.process_time(), time.perf_counter()
     for _ in range(steps):
         step()
-    loss = step().item()
+    loss = step()
     elapsed = time.perf_counter() - t0
     tokens = (steps + 1) * cfg.batch_size * args.max_seq_len * cfg.grad_accum_steps
     tok_s = tokens / elapsed
-    flops = T.flops_per_token(args, args.max_seq_len) * tok_s
-    peak = T.peak_flops(device)
+    flops = runtime.flops_per_token(args, args.max_seq_len) * tok_s
+    peak = runtime.peak_flops(device)
     return {
         "preset": preset, "parameters": model.num_parameters(), "device": str(device),
         "dtype": str(dtype)[6:], "compile": compile, "tokens_per_s": round(tok_s),

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
 from typing import Optional, Sequence
+
+from .train_config import CHECKS, TRAIN_PRESETS, TrainConfig
 
 DESCRIPTION = """\
 Train a small Llama 3 on Tiny Shakespeare, or generate text from a trained one.
@@ -39,6 +43,46 @@ _non_negative_float = _checked(float, "a number", lambda v: v >= 0, "must be 0 o
 _probability = _checked(float, "a number", lambda v: 0 < v <= 1, "must be between 0 and 1")
 
 
+def _add_config_options(t: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, with the field's type, help, check and choices.
+    Unset options stay None: the preset's value (or the resumed run's) applies."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if "help" not in f.metadata:
+            continue  # preset (above), model_overrides (no flag)
+        meta, kind = f.metadata, _inner(hints[f.name])
+        kw = dict(dest=f.name, default=None, help=f"{meta['help']} ({_default_text(f)})")
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif meta["choices"]:
+            kw["choices"] = meta["choices"]
+        elif meta["check"]:
+            test, requirement = CHECKS[meta["check"]]
+            word = "a whole number" if kind is int else "a number"
+            kw["type"] = _checked(kind, word, test, requirement)
+        else:
+            kw["type"] = kind
+        flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
+        t.add_argument(*flags, **kw)
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """The default a run gets: the field's own, or each preset's where they differ."""
+    def word(v):
+        return "on" if v is True else "off" if v is False else "unset" if v is None else v
+
+    values = {name: p.get(f.name, f.default) for name, p in TRAIN_PRESETS.items()}
+    if len(set(map(repr, values.values()))) > 1:
+        return "default: " + ", ".join(f"{word(v)} ({k})" for k, v in values.items())
+    return f"default: {word(f.default)}"
+
+
+def _inner(hint):
+    """Optional[int] -> int."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m llama_course", description=DESCRIPTION,
@@ -48,48 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on Tiny Shakespeare",
                        description="Train a small Llama 3 on Tiny Shakespeare (characters). "
                        "Writes a run folder with the weights, the tokenizer, metrics.csv and "
-                       "loss_curve.png, and reports the loss on the whole validation split.")
-    t.add_argument("--preset", default="auto",
-                   choices=["auto", "shakespeare-cpu", "shakespeare-gpu", "tiny"],
+                       "loss_curve.png, and reports the loss on the whole validation split. "
+                       "Ctrl-C or SIGTERM stops after the current step and saves a checkpoint "
+                       "that --resume continues. --max-steps without --time-budget drops the "
+                       "preset's time budget.")
+    t.add_argument("--preset", default="auto", choices=["auto", *TRAIN_PRESETS],
                    help="model size and training settings: shakespeare-cpu (~2 min on a laptop "
                    "CPU), shakespeare-gpu (~10M parameters, one GPU), tiny (seconds, for trying "
                    "things out); auto picks the GPU preset when CUDA is present (default)")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where to train (default: the GPU if there is one)")
-    t.add_argument("--max-steps", type=_positive_int, metavar="N",
-                   help="stop after N optimizer steps")
-    t.add_argument("--time-budget", type=_positive_float, metavar="S",
-                   help="seconds of training; the learning-rate schedule is fitted so that it "
-                   "ends on time (the CPU preset uses 120)")
-    t.add_argument("--out", default="runs/shakespeare", metavar="DIR",
-                   help="run folder to write (default: runs/shakespeare)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out (after Ctrl-C or a crash)")
-    t.add_argument("--batch-size", type=_positive_int, metavar="B",
-                   help="sequences per step (per process under torchrun)")
-    t.add_argument("--block-size", type=_positive_int, metavar="T",
-                   help="context length in characters (also the model's max_seq_len)")
-    t.add_argument("--optimizer", choices=["adamw", "muon"],
-                   help="adamw, or muon: Muon for the matrices inside the blocks and AdamW for "
-                   "the rest (the shakespeare-cpu preset's choice; see llama_course/optim.py)")
-    t.add_argument("--lr", type=_positive_float, help="peak learning rate (AdamW's)")
-    t.add_argument("--muon-lr", type=_positive_float, help="peak learning rate of Muon's matrices")
-    t.add_argument("--grad-accum", type=_positive_int, metavar="K",
-                   help="micro-batches per optimizer step")
-    t.add_argument("--eval-interval", type=_non_negative_int, metavar="N",
-                   help="steps between quick validation estimates (0: none)")
-    t.add_argument("--log-interval", type=_positive_int, metavar="N",
-                   help="steps between rows of metrics.csv (default 10)")
-    t.add_argument("--save-interval", type=_non_negative_int, metavar="N",
-                   help="steps between checkpoints (default: only at the end and on Ctrl-C)")
-    t.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (default: bf16 on recent GPUs, fp16 on older ones, "
-                   "fp32 on CPU)")
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (on by default for the GPU preset)")
-    t.add_argument("--seed", type=int, help="random seed (default 1337)")
-    t.add_argument("--threads", type=_positive_int, help="CPU threads for PyTorch")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_options(t)
 
     g = sub.add_parser("generate", help="generate text from a trained run folder",
                        description="Continue one or more prompts with a trained model, "
@@ -115,41 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train, train_config_for
+    from .run_folder import load_train_state
+    from .train_config import train_config_for
+    from .training import train
 
-    overrides = {k: v for k, v in dict(
-        device=a.device, max_steps=a.max_steps, time_budget=a.time_budget, out_dir=a.out,
-        batch_size=a.batch_size, block_size=a.block_size, lr=a.lr, optimizer=a.optimizer,
-        muon_lr=a.muon_lr,
-        grad_accum_steps=a.grad_accum, eval_interval=a.eval_interval,
-        log_interval=a.log_interval, save_interval=a.save_interval, dtype=a.dtype,
-        compile=a.compile, seed=a.seed,
-        threads=a.threads).items() if v is not None}
-    if a.no_progress:
-        overrides["progress"] = False
+    names = [f.name for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+    overrides = {k: getattr(a, k) for k in names if getattr(a, k, None) is not None}
     if a.max_steps is not None and a.time_budget is None:
         overrides["time_budget"] = None  # an explicit step count replaces the preset's clock
-    if a.resume:
-        cfg = _resumed_config(Path(a.out), overrides)
+    if a.resume:  # the saved run's settings, with what the command line changes on top
+        out = Path(a.out_dir or TrainConfig.out_dir)
+        cfg = TrainConfig(**{**load_train_state(out)["config"], **overrides})
     else:
         cfg = train_config_for(a.preset, **overrides)
     result = train(cfg, resume=a.resume)
+    if result.signal is not None:
+        return 128 + result.signal  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     return 130 if result.interrupted else 0
-
-
-def _resumed_config(out: Path, overrides: dict):
-    """The saved run's settings, with what the command line changes on top."""
-    from .train import TrainConfig, load_train_state
-
-    saved = load_train_state(out)["config"]
-    return TrainConfig(**{**saved, **overrides})
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from .generate import stream
     from .model import Transformer
     from .tokenizer import CharTokenizer
-    from .train import resolve_device
+    from .runtime import resolve_device
 
     folder = Path(a.checkpoint)
     if not folder.is_dir():

@@ -15,7 +15,7 @@ transpose it. (Meta's code keeps (B, T, heads, head_dim); the numbers are the sa
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,8 @@ from torch import nn
 
 from .config import ModelArgs
 from .rope import apply_rotary_emb
+
+Mask = Optional[Union[torch.Tensor, str]]  # a boolean (T, S) tensor, "causal", or None
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -51,11 +53,14 @@ def causal_mask(seqlen: int, start_pos: int = 0,
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                       mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q K^T / sqrt(d) + mask) V, spelled out, returning the weights too (for plots).
 
-    q: (B, H, T, D); k, v: (B, H, S, D) with K/V heads already repeated; mask: (T, S) or None.
+    q: (B, H, T, D); k, v: (B, H, S, D) with K/V heads already repeated; mask: a boolean
+    (T, S) tensor (True where a query may look), "causal", or None.
     """
+    if isinstance(mask, str):
+        mask = _causal_of(q, k, mask)
     scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -64,15 +69,18 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   mask: Optional[torch.Tensor], dropout_p: float = 0.0) -> torch.Tensor:
+                   mask: Mask, dropout_p: float = 0.0) -> torch.Tensor:
     """The same computation through PyTorch's fused kernel (flash / memory-efficient / math).
 
-    With no cached prefix the mask is the plain lower triangle, which `is_causal=True` encodes
-    without a mask tensor and lets the fastest kernels run. On the CPU, attention runs in fp32
-    even under bf16 autocast: PyTorch's CPU flash-attention kernel is several times slower in
-    bf16 than in fp32 (its backward pass about 6x, measured in benchmarks/), while the matrix
-    products around it are the ones that gain from bf16.
+    A mask tensor is always applied as given. `mask="causal"` asks for the plain lower
+    triangle (queries and keys at the same positions, no cached prefix): `is_causal=True`
+    encodes it without a mask tensor and lets the fastest kernels run. On the CPU, attention
+    runs in fp32 even under bf16 autocast: PyTorch's CPU flash-attention kernel is several
+    times slower in bf16 than in fp32 (its backward pass about 6x, measured in benchmarks/),
+    while the matrix products around it are the ones that gain from bf16.
     """
+    if isinstance(mask, str):
+        _causal_of(q, k, mask)  # checks the request; the kernel builds the triangle itself
     if q.device.type == "cpu" and (q.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
         with torch.autocast("cpu", enabled=False):
             return _sdpa(q.float(), k.float(), v.float(), mask, dropout_p).to(q.dtype)
@@ -80,9 +88,20 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _sdpa(q, k, v, mask, dropout_p):
-    if mask is not None and q.shape[-2] == k.shape[-2]:
+    if isinstance(mask, str):  # "causal": checked by the caller
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _causal_of(q: torch.Tensor, k: torch.Tensor, mask: str) -> torch.Tensor:
+    """The tensor that mask="causal" stands for, after checking that it applies."""
+    T, S = q.shape[-2], k.shape[-2]
+    if mask != "causal":
+        raise ValueError(f'mask must be a boolean tensor, None or "causal", got {mask!r}')
+    if T != S:
+        raise ValueError(f'mask="causal" needs as many queries as keys (got {T} and {S}); '
+                         "after a cached prefix pass causal_mask(T, start_pos)")
+    return causal_mask(T, 0, q.device)
 
 
 class KVCache:
@@ -134,7 +153,7 @@ class Attention(nn.Module):
         self.last_weights: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor,
-                mask: Optional[torch.Tensor], cache: Optional[KVCache] = None) -> torch.Tensor:
+                mask: Mask, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, _ = x.shape
         xq = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         xk = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)

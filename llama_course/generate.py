@@ -1,10 +1,13 @@
 """Autoregressive generation: sampling rules and the decoding loop with a KV cache.
 
 Decoding predicts one token, appends it, and predicts again. Without a cache every step
-re-runs the whole sequence through the model (quadratic work); with the KV cache the prompt is
-processed once (prefill) and each later step feeds only the newest token (decode), reading the
-keys and values of the past from the cache. The cached path runs through `decoder.Decoder`,
-the model's arithmetic with the per-token overheads removed; sampling stays on the device.
+re-runs the whole sequence through the model (quadratic work); with the KV cache of notebook 04
+the prompt is processed once (prefill) and each later step feeds only the newest token
+(decode), reading the keys and values of the past from the cache. Both run the model itself:
+`model(tokens)` without a cache, `model(tokens, start_pos, cache)` with one from
+`model.new_cache`. A faster decoder (`llama_course.fast.FastDecoder`) can be passed as
+`decoder=`: it answers the same calls with the same numbers, and generation is otherwise
+unchanged. Sampling stays on the device.
 
 Prompts of different lengths are handled the way Meta's reference code does it: all sequences
 advance together from the shortest prompt's end, and a row whose prompt is longer simply
@@ -18,13 +21,11 @@ slide identically, so they produce the same tokens).
 
 from __future__ import annotations
 
-import contextlib
 import operator
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
-from .decoder import Decoder
 from .model import Transformer, eval_mode
 
 
@@ -68,6 +69,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, top_k: O
 def _check_args(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 temperature: float, top_p: float, top_k: Optional[int]) -> list[list[int]]:
     """Validate everything up front; return the prompts as plain lists of Python ints."""
+    if not isinstance(model, Transformer):
+        raise ValueError(f"model must be an lc.Transformer, got {type(model).__name__}")
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists")
     if not isinstance(prompts[0], (list, tuple, torch.Tensor)):
@@ -103,62 +106,37 @@ def _check_args(model: Transformer, prompts: Sequence[Sequence[int]], max_new_to
 
 
 # ---------------------------------------------------------------------------- decoding loop
-def _decoder(model: Transformer, batch_size: int, max_seq_len: int, compile: bool) -> Decoder:
-    """The Decoder for this generation. Decoders are kept on the model, one per batch size and
-    `compile` setting, and reused while the weights are unchanged: building one copies the
-    fused weights, and compiling one takes seconds. Its cache needs no reset: every generation
-    writes positions 0.. before it reads them."""
-    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    decoders = getattr(model, "_decoders", None)
-    if decoders is None or decoders["weights"] != weights:  # new weights: start afresh
-        decoders = {"weights": weights}
-        object.__setattr__(model, "_decoders", decoders)  # a plain attribute, not a submodule
-    decoder = decoders.get((batch_size, compile))
-    if decoder is None or decoder.max_seq_len < max_seq_len:
-        # room for the next generations too: a power of two, within the model's context
-        length = min(model.params.max_seq_len, max(256, 1 << (max_seq_len - 1).bit_length()))
-        decoder = decoders[batch_size, compile] = Decoder(model, batch_size, length,
-                                                          compile=compile)
-    return decoder
+class Decoder(Protocol):
+    """What `decoder=` must provide: the model's own cached calls (a `Transformer` is one)."""
+
+    def new_cache(self, batch_size: int, max_seq_len: Optional[int] = None) -> object: ...
+
+    def __call__(self, tokens: torch.Tensor, start_pos: int, cache) -> torch.Tensor: ...
 
 
 @torch.inference_mode()
 def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    temperature: float = 0.6, top_p: float = 0.9, top_k: Optional[int] = None,
                    eos_id: Optional[int] = None, use_cache: bool = True,
-                   generator: Optional[torch.Generator] = None, compile: bool = False,
-                   ) -> Iterator[tuple[int, torch.Tensor]]:
+                   generator: Optional[torch.Generator] = None,
+                   decoder: Optional[Decoder] = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (position, tokens (B,)) for every position after the shortest prompt.
 
     Tokens stay on the model's device: nothing here waits for the device except the EOS test.
     The model predicts in eval mode (no dropout), whatever mode it is in.
     """
     prompts = _check_args(model, prompts, max_new_tokens, temperature, top_p, top_k)
-    with _decoding_threads(model, use_cache), eval_mode(model):
+    if decoder is not None and not use_cache:
+        raise ValueError("decoder= decodes with a KV cache: leave use_cache=True")
+    if getattr(decoder, "model", model) is not model:
+        raise ValueError("decoder was built for another model: build one for this model")
+    with eval_mode(model):
         yield from _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k,
-                                   eos_id, use_cache, generator, compile)
-
-
-@contextlib.contextmanager
-def _decoding_threads(model: Transformer, use_cache: bool) -> Iterator[None]:
-    """One CPU thread while a small model decodes. Each step is a few dozen operations of a few
-    microseconds; splitting them over threads costs more than it saves, and on a shared machine
-    a descheduled thread stalls the others (2 threads ran 1.5-3x slower than 1 in
-    benchmarks/generate_speed.py). Large models keep every thread for their matrix products."""
-    small = (use_cache and model.tok_embeddings.weight.device.type == "cpu"
-             and model.num_parameters() < 50e6)
-    threads = torch.get_num_threads()
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small:
-            torch.set_num_threads(threads)
+                                   eos_id, use_cache, generator, decoder or model)
 
 
 def _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,
-                    use_cache, generator, compile):
+                    use_cache, generator, decoder):
     device = model.tok_embeddings.weight.device
     B = len(prompts)
     lens = [len(p) for p in prompts]
@@ -170,21 +148,17 @@ def _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k, e
         in_prompt[b, : lens[b]] = True
     ctx = model.params.max_seq_len
     keep = max(1, ctx // 2)  # tokens kept when the window slides
-    decoder = _decoder(model, B, min(ctx, total_len), compile) if use_cache else None
-    pos = torch.zeros((), dtype=torch.long, device=device)  # the step's position, on the device
+    cache = decoder.new_cache(B, min(ctx, total_len)) if use_cache else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     window_start, prev_pos = 0, 0  # first token of the context, first token not yet in cache
     for cur_pos in range(min(lens), total_len):
         if cur_pos - window_start > ctx:  # context full: slide the window, refill the cache
             window_start = prev_pos = cur_pos - keep
-        if not use_cache:  # the whole context again, every step
-            logits = model._forward(tokens[:, window_start:cur_pos], 0, None)[:, -1]
-        elif compile and cur_pos - prev_pos == 1:  # one new token: the static, compiled step
-            pos.fill_(prev_pos - window_start)
-            logits = decoder.step(tokens[:, prev_pos], pos)
-        else:  # the prompt (prefill), or a refill after the window slid
-            logits = decoder(tokens[:, prev_pos:cur_pos], prev_pos - window_start)
-        next_token = sample_next(logits, temperature, top_p, top_k, generator)  # (B,)
+        if use_cache:  # the new tokens only: the prompt (prefill), then one token a step
+            logits = decoder(tokens[:, prev_pos:cur_pos], prev_pos - window_start, cache)
+        else:  # the whole context again, every step
+            logits = model(tokens[:, window_start:cur_pos])
+        next_token = sample_next(logits[:, -1], temperature, top_p, top_k, generator)  # (B,)
         if cur_pos < max(lens):  # some rows are still reading their prompt
             next_token = torch.where(in_prompt[:, cur_pos], tokens[:, cur_pos], next_token)
         tokens[:, cur_pos] = next_token
@@ -196,26 +170,32 @@ def _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k, e
                 return
 
 
-def _make_generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
+def _make_generator(model: Transformer, seed: Optional[int]) -> Optional[torch.Generator]:
+    if not isinstance(model, Transformer):
+        raise ValueError(f"model must be an lc.Transformer, got {type(model).__name__}")
+    device = model.tok_embeddings.weight.device
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              temperature: float = 0.6, top_p: float = 0.9, top_k: Optional[int] = None,
-             eos_id: Optional[int] = None, use_cache: bool = True,
-             seed: Optional[int] = None, compile: bool = False) -> list[list[int]]:
+             eos_id: Optional[int] = None, use_cache: bool = True, seed: Optional[int] = None,
+             decoder: Optional[Decoder] = None, compile: bool = False) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; return only the new tokens.
 
     temperature=0 is greedy. A sequence stops at `eos_id` (which is not included), like
     Meta's reference `generate`. `seed` makes sampling reproducible. `use_cache=False` re-runs
-    the whole context every step (the slow way the KV cache exists to avoid); `compile=True`
-    compiles the single-token step (worth it for long generations; on CUDA it becomes a CUDA
-    graph).
+    the whole context every step (the slow way the KV cache exists to avoid).
+    `decoder=lc.FastDecoder(model)` decodes through fused weights (same tokens, faster); build
+    it once and pass it to every call. (`compile=True` of earlier versions is now
+    `lc.FastDecoder(model, compile=True)`.)
     """
-    device = model.tok_embeddings.weight.device
-    generator = _make_generator(seed, device)
+    if compile:
+        raise ValueError("generate(compile=True) is gone: pass decoder=lc.FastDecoder(model, "
+                         "compile=True), built once and reused")
+    generator = _make_generator(model, seed)
     steps = list(generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k,
-                                eos_id, use_cache, generator, compile))
+                                eos_id, use_cache, generator, decoder))
     if not steps:
         return [[] for _ in prompts]
     first_pos = steps[0][0]
@@ -231,12 +211,12 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]], max_new_token
 
 def stream(model: Transformer, prompt: Sequence[int], max_new_tokens: int,
            temperature: float = 0.6, top_p: float = 0.9, top_k: Optional[int] = None,
-           eos_id: Optional[int] = None, seed: Optional[int] = None) -> Iterator[int]:
+           eos_id: Optional[int] = None, seed: Optional[int] = None,
+           decoder: Optional[Decoder] = None) -> Iterator[int]:
     """Yield one prompt's new tokens one at a time, as they are produced (for printing)."""
-    device = model.tok_embeddings.weight.device
-    generator = _make_generator(seed, device)
+    generator = _make_generator(model, seed)
     for _, token in generate_steps(model, [list(prompt)], max_new_tokens, temperature, top_p,
-                                   top_k, eos_id, True, generator):
+                                   top_k, eos_id, True, generator, decoder):
         t = int(token[0])
         if eos_id is not None and t == eos_id:
             return

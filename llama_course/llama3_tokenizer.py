@@ -51,6 +51,9 @@ def special_token_names(variant: str = "llama3") -> list[str]:
     "llama3.1": Llama 3.1, 3.2 and 3.3 as their Hugging Face tokenizer names them: slots 4, 8
     and 10 become `<|finetune_right_pad_id|>`, `<|eom_id|>` and `<|python_tag|>`, and the
     reserved numbering runs 0..247.
+    "llama-models": the names in Meta's current reference code (the `llama-models` package,
+    shared by Llama 3.1-3.3): as "llama3.1", plus `<|step_id|>` (slot 5) and `<|image|>`
+    (slot 11, the vision models); the reserved numbering runs 0..245.
     """
     if variant == "llama3":
         named = {0: BEGIN_OF_TEXT, 1: END_OF_TEXT, 6: START_HEADER, 7: END_HEADER, 9: EOT}
@@ -58,8 +61,13 @@ def special_token_names(variant: str = "llama3") -> list[str]:
         named = {0: BEGIN_OF_TEXT, 1: END_OF_TEXT, 4: "<|finetune_right_pad_id|>",
                  6: START_HEADER, 7: END_HEADER, 8: "<|eom_id|>", 9: EOT,
                  10: "<|python_tag|>"}
+    elif variant == "llama-models":
+        named = {0: BEGIN_OF_TEXT, 1: END_OF_TEXT, 4: "<|finetune_right_pad_id|>",
+                 5: "<|step_id|>", 6: START_HEADER, 7: END_HEADER, 8: "<|eom_id|>", 9: EOT,
+                 10: "<|python_tag|>", 11: "<|image|>"}
     else:
-        raise ValueError(f"unknown special-token variant {variant!r}: use 'llama3' or 'llama3.1'")
+        raise ValueError(f"unknown special-token variant {variant!r}: use 'llama3', "
+                         "'llama3.1' or 'llama-models'")
     names, reserved = [], 0
     for slot in range(NUM_SPECIAL_TOKENS):
         if slot in named:

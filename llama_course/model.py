@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import Attention, KVCache, causal_mask
+from .attention import Attention, KVCache, Mask, causal_mask
 from .config import ModelArgs
 from .ffn import FeedForward
 from .norm import RMSNorm
@@ -39,7 +39,7 @@ class TransformerBlock(nn.Module):
         self.dropout = args.dropout  # 0 for Llama: only the small-data presets train with it
 
     def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor,
-                mask: Optional[torch.Tensor], cache: Optional[KVCache] = None) -> torch.Tensor:
+                mask: Mask, cache: Optional[KVCache] = None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), start_pos, freqs_cis, mask, cache)
         ffn = self.feed_forward(self.ffn_norm(h))  # (B, T, dim)
         return h + F.dropout(ffn, self.dropout, self.training)  # (B, T, dim)
@@ -129,14 +129,15 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> "Transformer":
-        """Load a model folder: Hugging Face Llama, Meta, or one this package saved."""
+        """Load a model folder (Hugging Face Llama, Meta, or one this package saved) or a
+        llama-architecture GGUF file (llama.cpp, Ollama), dequantised into `dtype`."""
         from .checkpoint import load_pretrained
         return load_pretrained(cls, path, device=device, dtype=dtype)
 
-    def save_pretrained(self, path, dtype=None):
+    def save_pretrained(self, path, dtype=None, max_shard_size=None):
         """Write a Hugging Face-format folder (config.json + model.safetensors)."""
         from .checkpoint import save_pretrained
-        return save_pretrained(self, path, dtype=dtype)
+        return save_pretrained(self, path, dtype=dtype, max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------ forward
     def forward(self, tokens: torch.Tensor, start_pos: int = 0,
@@ -147,14 +148,12 @@ class Transformer(nn.Module):
         cache from `new_cache`, keys/values are stored and earlier ones reused: decoding.
         """
         self._check_tokens(tokens, start_pos)
-        return self._forward(tokens, start_pos, cache)
-
-    def _forward(self, tokens: torch.Tensor, start_pos: int,
-                 cache: Optional[list[KVCache]]) -> torch.Tensor:
         T = tokens.shape[1]
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         freqs_cis = self.freqs_cis(tokens.device)[start_pos:start_pos + T]  # (T, head_dim/2)
-        mask = causal_mask(T, start_pos, tokens.device) if T > 1 else None  # (T, start_pos+T)
+        mask = None  # one new token sees every cached one
+        if T > 1:  # no cached prefix: the plain triangle, which the attention kernel knows
+            mask = "causal" if start_pos == 0 else causal_mask(T, start_pos, tokens.device)
         for i, layer in enumerate(self.layers):
             h = layer(h, start_pos, freqs_cis, mask, None if cache is None else cache[i])
         h = self.norm(h)  # (B, T, dim)

@@ -14,6 +14,16 @@ On Tiny Shakespeare it reaches in 120 s of CPU training the loss (1.54) that Ada
 Muon is for the 2-D matrices inside the blocks. The embedding table (a lookup, not a linear
 map), the output head and the norm gains keep AdamW, in the same optimizer (parameter groups
 with muon=False), so a run has one optimizer, one state dict and one learning-rate schedule.
+
+Why not torch.optim.Muon (PyTorch >= 2.9)? Its update is the same: tests/test_optim.py checks
+that this Muon gives bit for bit the parameters torch.optim.Muon gives with matched settings.
+This one is kept because the course reads it, and for three things PyTorch's lacks: the
+AdamW groups in the same optimizer, matrices of one shape orthogonalised in one batched
+product, and Newton-Schulz in fp32 on CPUs without bf16 units (PyTorch's always uses bf16,
+emulated and slow there).
+
+`configure_optimizer` builds the optimizer of a run (its parameter groups), `set_lr` moves
+every group along the schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ import math
 from collections import defaultdict
 
 import torch
+
+from .runtime import resolve_dtype
 
 # Coefficients of the quintic x -> a x + b x^3 + c x^5 applied to singular values, chosen by
 # Muon's authors so that small singular values grow as fast as possible toward 1: after five
@@ -59,23 +71,26 @@ def orthogonalize(G: torch.Tensor, steps: int = 5,
 class Muon(torch.optim.Optimizer):
     """Muon for parameter groups with muon=True, AdamW for the others.
 
-    Muon groups: momentum (Nesterov), orthogonalised, scaled by sqrt(max(1, rows / cols)) so
-    that tall matrices (more outputs than inputs) take updates of the same RMS as square ones,
-    then p -= lr * update, with decoupled weight decay p *= 1 - lr * weight_decay.
+    Muon groups: a momentum buffer B = mu B + (1 - mu) g (an average of the gradients), the
+    Nesterov look-ahead (1 - mu) g + mu B (or B itself with nesterov=False), orthogonalised,
+    scaled by sqrt(max(1, rows / cols)) so that tall matrices (more outputs than inputs) take
+    updates of the same RMS as square ones, then p -= lr * update, after the decoupled weight
+    decay p *= 1 - lr * weight_decay. This is torch.optim.Muon's rule (adjust_lr_fn=None).
     AdamW groups: torch.optim.AdamW's update (tests/test_optim.py checks it against torch's).
     Matrices of the same shape are orthogonalised together in one batched product.
     """
 
     def __init__(self, param_groups: list[dict], lr: float = 0.01, momentum: float = 0.95,
                  betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-8,
-                 weight_decay: float = 0.0, ns_steps: int = 5,
+                 weight_decay: float = 0.0, ns_steps: int = 5, nesterov: bool = True,
                  ns_dtype: torch.dtype = torch.bfloat16):
         for g in param_groups:
             if g.get("muon", False) and any(p.dim() != 2 for p in g["params"]):
                 raise ValueError("Muon groups take 2-D weight matrices only; put vectors and "
                                  "embeddings in a group with muon=False (AdamW)")
         defaults = dict(lr=lr, momentum=momentum, betas=betas, eps=eps,
-                        weight_decay=weight_decay, ns_steps=ns_steps, muon=False)
+                        weight_decay=weight_decay, ns_steps=ns_steps, nesterov=nesterov,
+                        muon=False)
         super().__init__(param_groups, defaults)
         self.ns_dtype = ns_dtype  # not in the state dict: it follows the hardware, not the run
 
@@ -98,8 +113,9 @@ class Muon(torch.optim.Optimizer):
         by_shape = defaultdict(list)
         for p in params:
             buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-            buf.mul_(beta).add_(p.grad)  # (rows, cols)
-            by_shape[p.shape].append((p, p.grad.add(buf, alpha=beta)))  # Nesterov look-ahead
+            buf.lerp_(p.grad, 1 - beta)  # (rows, cols): the running average of gradients
+            look_ahead = p.grad.lerp(buf, beta) if group.get("nesterov", True) else buf
+            by_shape[p.shape].append((p, look_ahead))
         for (rows, cols), items in by_shape.items():
             updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"],
                                     self.ns_dtype)
@@ -124,3 +140,45 @@ class Muon(torch.optim.Optimizer):
             v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # and of their squares
             denom = (v / (1 - beta2 ** t)).sqrt_().add_(eps)  # bias-corrected
             p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** t))
+
+
+# ---------------------------------------------------------------------------- a run's optimizer
+def configure_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer of a training run (`cfg`: a TrainConfig). AdamW with weight decay on the
+    matrices only: decaying the norms' gains toward zero would fight the normalisation, and
+    embeddings are matrices like any other here.
+
+    With cfg.optimizer="muon", the matrices inside the blocks move to a Muon group and the
+    embeddings, the output head and the norm gains keep AdamW. Every group records its peak
+    learning rate ("peak_lr"); `set_lr` scales all of them alike.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    vectors = [p for _, p in named if p.dim() < 2]
+    if cfg.optimizer == "muon":
+        in_blocks = [p for n, p in named if p.dim() == 2 and n.startswith("layers.")]
+        matrices = [p for n, p in named if p.dim() >= 2 and not n.startswith("layers.")]
+        groups = [{"params": in_blocks, "muon": True, "lr": cfg.muon_lr, "weight_decay": 0.0},
+                  {"params": matrices, "weight_decay": cfg.weight_decay},
+                  {"params": vectors, "weight_decay": 0.0}]
+        # Newton-Schulz in bf16 where the hardware multiplies bf16 natively, else in fp32
+        native_bf16 = resolve_dtype(cfg.dtype, device) == torch.bfloat16
+        optimizer = Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum,
+                         betas=(cfg.beta1, cfg.beta2),
+                         ns_dtype=torch.bfloat16 if native_bf16 else torch.float32)
+    else:
+        matrices = [p for _, p in named if p.dim() >= 2]
+        groups = [{"params": matrices, "weight_decay": cfg.weight_decay},
+                  {"params": vectors, "weight_decay": 0.0}]
+        fused = device.type in ("cuda", "cpu")  # fused kernels exist for both in torch >= 2.4
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      fused=fused)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = group["lr"]
+    return optimizer
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak_lr: float) -> None:
+    """Put every group at the fraction lr / peak_lr of its own peak ("peak_lr", else
+    `peak_lr`): Muon's matrices and AdamW's parameters warm up and decay together."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("peak_lr", peak_lr) * lr / peak_lr

@@ -46,7 +46,10 @@ def apply_scaling(freqs: torch.Tensor, factor: float = 8.0, low_freq_factor: flo
     A frequency whose wavelength is shorter than original_context / high_freq_factor already
     repeats many times inside the trained context: keep it. One whose wavelength is longer than
     original_context / low_freq_factor never completed a turn in training: slow it down by
-    `factor`, so 8x (or 32x for Llama 3.2) longer contexts reuse angles seen in training.
+    `factor` (8), so its angles over a context `factor` times longer stay within those seen in
+    training. Llama 3.1 grows the context 16x (8,192 -> 131,072): past 65,536 the slowest pairs
+    do reach angles up to twice the trained ones, which the long-context training stage (about
+    800B tokens, Llama 3 paper section 3.4.2) teaches the model to read.
     In between, interpolate linearly in `original_context / wavelength`.
     """
     old_context = original_max_position_embeddings

@@ -95,3 +95,26 @@ def test_explicit_scores_formula():
     _, w = lc.explicit_attention(q, k, v, None)
     s = (q[0, 0] @ k[0, 0].T) / math.sqrt(4)
     torch.testing.assert_close(w[0, 0], torch.softmax(s, -1))
+
+
+def test_a_given_mask_is_honoured_at_equal_lengths():
+    """A padding mask with as many queries as keys is applied as given, never replaced by
+    the causal triangle (is_causal is used only for mask="causal")."""
+    T = 6
+    q, k, v = torch.randn(2, 4, T, 16), torch.randn(2, 4, T, 16), torch.randn(2, 4, T, 16)
+    padding = torch.ones(T, T, dtype=torch.bool)
+    padding[:, :2] = False  # the first two keys are padding: nobody looks at them
+    padding[:2, 0] = True  # ...except the padding queries, so that no row is empty
+    want, _ = lc.explicit_attention(q, k, v, padding)
+    torch.testing.assert_close(lc.sdpa_attention(q, k, v, padding), want, atol=1e-5, rtol=1e-5)
+    causal, _ = lc.explicit_attention(q, k, v, lc.causal_mask(T))
+    torch.testing.assert_close(lc.sdpa_attention(q, k, v, "causal"), causal, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want, causal, atol=1e-3)
+
+
+def test_causal_request_is_checked():
+    q, k = torch.randn(1, 1, 2, 8), torch.randn(1, 1, 5, 8)
+    with pytest.raises(ValueError, match=r'needs as many queries as keys \(got 2 and 5\)'):
+        lc.sdpa_attention(q, k, k, "causal")
+    with pytest.raises(ValueError, match="got 'triangle'"):
+        lc.sdpa_attention(q, k, k, "triangle")

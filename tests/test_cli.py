@@ -1,5 +1,6 @@
 """The command line: help, a smoke run end to end, clear errors, Ctrl-C, and torchrun (gloo)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import llama_course as lc
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def cli(*args, timeout=120, **kw):
+def cli(*args, timeout=600, **kw):  # generous: a busy shared machine is slow
     return subprocess.run([sys.executable, "-m", "llama_course", *args], capture_output=True,
                           text=True, timeout=timeout, env=ENV, **kw)
 
@@ -50,8 +51,10 @@ def test_train_then_generate(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--max-steps", "0"], "argument --max-steps: 0 must be at least 1"),
-    (["train", "--time-budget", "-5"], "argument --time-budget: -5.0 must be greater than 0"),
+    (["train", "--max-steps", "0"], "argument --max-steps: 0 must be a positive integer"),
+    (["train", "--time-budget", "-5"], "argument --time-budget: -5.0 must be positive"),
+    (["train", "--beta2", "1"], "argument --beta2: 1.0 must be in [0, 1)"),
+    (["train", "--optimizer", "sgd"], "argument --optimizer: invalid choice: 'sgd'"),
     (["train", "--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
     (["train", "--lr", "fast"], "argument --lr: 'fast' is not a number"),
     (["generate"], "the following arguments are required: --checkpoint"),
@@ -75,24 +78,61 @@ def test_missing_checkpoint_and_unknown_characters(tmp_path):
     assert p.returncode == 2 and "character 'Ω'" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "llama_course", "train", "--preset", "tiny",
-                             "--max-steps", "100000", "--out", str(run), "--no-progress",
-                             "--log-interval", "1", "--eval-interval", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until it trains
-        line = proc.stdout.readline()
-        if line.startswith("model:"):
-            break
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+def test_train_options_come_from_train_config():
+    """One flag per TrainConfig field, with the field's help, check and choices; the defaults
+    the help states are the presets' own (--compile: off in every preset)."""
+    from llama_course.__main__ import build_parser
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train._actions}
+    for f in dataclasses.fields(lc.TrainConfig):
+        if "help" in f.metadata:
+            assert f.metadata["help"] in actions[f.name].help, f.name
+            assert actions[f.name].choices == f.metadata["choices"], f.name
+    assert not any(p.get("compile", False) for p in lc.TRAIN_PRESETS.values())
+    assert actions["compile"].help.endswith("(default: off)")
+    assert "120.0 (shakespeare-cpu)" in actions["time_budget"].help
+    a = parser.parse_args(["train", "--beta2", "0.95", "--no-compile", "--grad-accum", "2",
+                           "--out", "x"])
+    assert (a.beta2, a.compile, a.grad_accum_steps, a.out_dir, a.lr) == (0.95, False, 2, "x", None)
+
+
+def _default_signals():
+    """In the child, before it runs Python: the default handling of SIGINT and SIGTERM, whatever
+    this process inherited (started in the background, the test run ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_and_resume_finishes(tmp_path, sig, code):
+    run, out_log, err_log = tmp_path / "run", tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out_log.open("w") as out, err_log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "llama_course", "train", "--preset", "tiny",
+                                 "--max-steps", "100000", "--out", str(run), "--no-progress",
+                                 "--log-interval", "1", "--eval-interval", "0"],
+                                stdout=out, stderr=err, env=ENV, preexec_fn=_default_signals)
+    try:
+        deadline = time.monotonic() + 120
+        while "model:" not in out_log.read_text():  # wait until it trains
+            assert proc.poll() is None, f"training ended early: {err_log.read_text()}"
+            assert time.monotonic() < deadline, "training did not start within 120 s"
+            time.sleep(0.2)
+        time.sleep(2.0)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    finally:  # never leave a training process behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = out_log.read_text()
+    assert proc.returncode == code, err_log.read_text()
     assert "interrupted at step" in out and "--resume" in out
     saved = torch.load(run / "train_state.pt", weights_only=True)["step"]
     assert saved > 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == saved
     p = cli("train", "--resume", "--out", str(run), "--max-steps", str(saved + 5),
             "--no-progress")
     assert p.returncode == 0, p.stderr

@@ -112,40 +112,39 @@ def test_bad_arguments(model, kwargs, message):
         lc.generate(model, **call)
 
 
-def test_compiled_decoding_gives_the_same_tokens(model):
-    prompts = [[1, 2, 3, 4], [5, 6]]
-    eager = lc.generate(model, prompts, 20, temperature=0)
-    compiled = lc.generate(model, prompts, 20, temperature=0, compile=True)
-    again = lc.generate(model, prompts, 20, temperature=0, compile=True)  # reuses the decoder
-    assert compiled == eager == again
+def test_generation_leaves_no_state_on_the_model_or_the_process(model):
+    """The plain path runs the model's own forward: nothing is stored on the model, no
+    process-wide setting changes."""
+    attributes, threads = dict(vars(model)), torch.get_num_threads()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    lc.generate(model, [[1, 2, 3], [4]], 8, temperature=0.8, seed=1)
+    list(lc.stream(model, [1, 2], 4, temperature=0))
+    assert dict(vars(model)).keys() == attributes.keys() and torch.get_num_threads() == threads
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
-def test_a_reused_decoder_sees_new_weights(model):
-    """generate() keeps its decoder (fused weights, cache) between calls; a weight update must
-    not leave it stale."""
-    first = lc.generate(model, [[1, 2, 3]], 15, temperature=0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    again = lc.generate(model, [[1, 2, 3]], 15, temperature=0)
-    assert again == lc.generate(model, [[1, 2, 3]], 15, temperature=0, use_cache=False)
-    assert again != first
+def test_generate_calls_the_models_public_forward_with_its_cache(model, monkeypatch):
+    """One forward pass: the cached path is model(tokens, start_pos, cache)."""
+    calls = []
+    forward = lc.Transformer.forward
+
+    def spy(self, tokens, start_pos=0, cache=None):
+        calls.append((tokens.shape[1], start_pos, type(cache).__name__))
+        return forward(self, tokens, start_pos, cache)
+
+    monkeypatch.setattr(lc.Transformer, "forward", spy)
+    lc.generate(model, [[1, 2, 3]], 3, temperature=0)
+    assert calls == [(3, 0, "list"), (1, 3, "list"), (1, 4, "list")]
 
 
-def test_decoders_are_kept_per_batch_size(model):
-    """Alternating batch sizes (or compile on/off) reuses each setting's decoder instead of
-    rebuilding one every call."""
-    lc.generate(model, [[1, 2, 3]], 5, temperature=0)
-    single = model._decoders[1, False]
-    lc.generate(model, [[1, 2], [3]], 5, temperature=0)
-    lc.generate(model, [[1, 2, 3]], 5, temperature=0)
-    assert model._decoders[1, False] is single and (2, False) in model._decoders
-
-
-def test_decoding_restores_the_thread_count(model):
-    threads = torch.get_num_threads()
-    lc.generate(model, [[1, 2, 3]], 5, temperature=0)
-    assert torch.get_num_threads() == threads
+def test_old_compile_flag_and_decoder_misuse_are_clear_errors(model):
+    with pytest.raises(ValueError, match=r"FastDecoder\(model, compile=True\)"):
+        lc.generate(model, [[1, 2]], 3, compile=True)
+    with pytest.raises(ValueError, match="leave use_cache=True"):
+        lc.generate(model, [[1, 2]], 3, use_cache=False, decoder=lc.FastDecoder(model))
+    other = lc.Transformer(small_args())
+    with pytest.raises(ValueError, match="built for another model"):
+        lc.generate(model, [[1, 2]], 3, decoder=lc.FastDecoder(other))
 
 
 def test_generation_ignores_dropout_and_restores_the_mode():

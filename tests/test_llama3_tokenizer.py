@@ -230,3 +230,112 @@ def test_missing_tiktoken_gives_a_clear_message(rank_file, monkeypatch):
     monkeypatch.setitem(sys.modules, "tiktoken", None)  # makes `import tiktoken` fail
     with pytest.raises(ImportError, match="pip install tiktoken"):
         l3.Llama3Tokenizer.from_file(rank_file[0])
+
+
+# ---------------------------------------------------------------------------- the real files
+# Meta's real tokenizer.model against Meta's reference code, both from Meta's `llama-models`
+# wheel (tests/artifacts.py: fetched once; under CI=true a missing file fails, never skips).
+REAL_TEXTS = [
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.",
+    "In 2024 there were 1234567 tokens; pi=3.14159 and 1,000,000.00 dollars.",
+    "You're sure? THEY'LL know... I'd say so!",
+    "def f(x):\n    return {'a': x ** 2}  # comment\n\ttabs\r\n",
+    "héllo wörld — naïve café, Ærøskøbing, Straße, Ελληνικά, Русский текст, हिन्दी",
+    "中文文本测试，你好世界。日本語のテキスト、한국어 텍스트",
+    "emoji 🦙🦙 👍🏽 ❤️ 🇫🇷",
+    "  leading\n\n\n   runs   of\t\tspaces  \n \u00a0 end   ",
+    "",
+]
+
+
+def _import_from_wheel(module: str):
+    """Import `module` from Meta's llama-models wheel (a zip on sys.path, nothing installed)."""
+    import importlib
+    from artifacts import llama_models_wheel
+    wheel = str(llama_models_wheel())
+    if wheel not in sys.path:
+        sys.path.append(wheel)  # appended: an installed llama_models, if any, would win
+    return importlib.import_module(module)
+
+
+@pytest.fixture(scope="module")
+def meta():
+    """Meta's reference Tokenizer, loaded from the cached tokenizer.py next to tokenizer.model.
+
+    Its one relative import (`..tokenizer_utils.load_bpe_file`) gets a stand-in package whose
+    loader is tiktoken's own reader of the same file format.
+    """
+    import importlib.util
+    import types
+
+    import tiktoken.load
+    from artifacts import llama3_tokenizer_dir
+    folder = llama3_tokenizer_dir()
+    pkg, sub = "_meta_llama_models", "_meta_llama_models.llama3"
+    for name in (pkg, sub):
+        sys.modules.setdefault(name, types.ModuleType(name)).__path__ = []
+    utils = types.ModuleType(pkg + ".tokenizer_utils")
+    utils.load_bpe_file = lambda p: tiktoken.load.load_tiktoken_bpe(str(p))
+    sys.modules[utils.__name__] = utils
+    spec = importlib.util.spec_from_file_location(sub + ".tokenizer", folder / "tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Tokenizer(folder / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def real():
+    from artifacts import llama3_tokenizer_dir
+    return l3.Llama3Tokenizer.from_file(llama3_tokenizer_dir(), variant="llama-models")
+
+
+def test_real_vocabulary_and_special_tokens_equal_metas(real, meta):
+    assert real.vocab_size == meta.n_words == 128256 and real.num_base_tokens == 128000
+    assert real.special_tokens == meta.special_tokens  # all 256 names and ids
+    assert (real.bos_id, real.eos_id, real.eot_id) == (meta.bos_id, meta.eos_id, meta.eot_id)
+    assert sorted(real.stop_ids) == sorted(meta.stop_tokens)
+    # the ids that matter are the same under every variant's names
+    for variant in ("llama3", "llama3.1"):
+        names = l3.special_token_names(variant)
+        for tok in ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                    "<|end_header_id|>", "<|eot_id|>"):
+            assert 128000 + names.index(tok) == meta.special_tokens[tok]
+
+
+@pytest.mark.parametrize("text", REAL_TEXTS)
+def test_real_encoding_equals_metas(real, meta, text):
+    ids = real.encode(text, bos=True, eos=True)
+    assert ids == meta.encode(text, bos=True, eos=True)
+    assert real.decode(ids) == meta.decode(ids)
+    assert real.decode(ids, skip_special_tokens=True) == text
+    assert len(ids) - 2 < len(text.encode("utf-8")) or not text  # the real merges were used
+
+
+def test_real_special_tokens_and_long_text_equal_metas(real, meta):
+    text = "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|python_tag|>x"
+    assert real.encode(text, allowed_special="all") == meta.encode(
+        text, bos=False, eos=False, allowed_special="all")
+    assert real.encode(text) == meta.encode(text, bos=False, eos=False)  # typed: plain text
+    long = "word " * 30_000 + "a" * 30_000 + " " * 26_000 + "end"  # split before tiktoken
+    assert real.encode(long) == meta.encode(long, bos=False, eos=False)
+
+
+def test_real_pieces_show_llama3s_split(real):
+    pieces = real.token_pieces(real.encode(" Hello world 1234567"))
+    assert pieces == [" Hello", " world", " ", "123", "456", "7"]
+
+
+def test_real_chat_format_equals_metas_chat_format(real, meta):
+    datatypes = _import_from_wheel("llama_models.datatypes")
+    chat_format = _import_from_wheel("llama_models.llama3.chat_format")
+    reference = chat_format.ChatFormat(meta)
+    messages = [{"role": "system", "content": "You are a poet."},
+                {"role": "user", "content": "Speak of the people, 1234 times. 你好 🦙"},
+                {"role": "assistant", "content": "All: resolved, resolved."},
+                {"role": "user", "content": "Again?"}]
+    raw = [datatypes.RawMessage(role=m["role"], content=m["content"]) for m in messages]
+    assert real.encode_dialog(messages) == reference.encode_dialog_prompt(raw).tokens
+    # Meta's code keeps surrounding whitespace; ours strips it, as the Hub's template does
+    padded = [{"role": "user", "content": "  Again?\n"}]
+    raw = [datatypes.RawMessage(role="user", content="Again?")]
+    assert real.encode_dialog(padded) == reference.encode_dialog_prompt(raw).tokens

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import llama_course as lc
-import llama_course.train as T
-from llama_course.optim import Muon, orthogonalize
+from llama_course.optim import NS_COEFFICIENTS, Muon, configure_optimizer, orthogonalize, set_lr
 
 
 def with_spectrum(m, n, s):
@@ -55,18 +54,48 @@ def test_orthogonalize_a_stack_equals_one_at_a_time():
 
 
 def test_muon_step():
-    """First step, zero momentum: p -= lr * sqrt(max(1, rows/cols)) * orthogonalize(g + 0.9 g)
-    (the Nesterov look-ahead of a momentum that is g after one step)."""
+    """First step, zero momentum: p -= lr * sqrt(max(1, rows/cols)) * orthogonalize(look-ahead),
+    the look-ahead 0.1 g + 0.9 (0.1 g) of a momentum that is 0.1 g after one step."""
     torch.manual_seed(0)
     tall, wide = torch.randn(48, 16, requires_grad=True), torch.randn(16, 48, requires_grad=True)
     g_tall, g_wide = torch.randn(48, 16), torch.randn(16, 48)
     before = tall.detach().clone(), wide.detach().clone()
     tall.grad, wide.grad = g_tall.clone(), g_wide.clone()
     Muon([{"params": [tall, wide], "muon": True}], lr=0.1, momentum=0.9).step()
-    look_ahead = lambda g: g.add(g, alpha=0.9)  # noqa: E731
+    look_ahead = lambda g: 0.1 * g + 0.9 * (0.1 * g)  # noqa: E731
     torch.testing.assert_close(tall.detach(),
                                before[0] - 0.1 * math.sqrt(3) * orthogonalize(look_ahead(g_tall)))
     torch.testing.assert_close(wide.detach(), before[1] - 0.1 * orthogonalize(look_ahead(g_wide)))
+
+
+TORCH_MUON = getattr(torch.optim, "Muon", None)  # PyTorch >= 2.9
+
+
+@pytest.mark.skipif(TORCH_MUON is None, reason="this PyTorch has no torch.optim.Muon (< 2.9)")
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_equals_torch_muon(nesterov):
+    """Same matrices (tall, wide, two square ones orthogonalised as one stack), same
+    gradients, matched settings (Newton-Schulz coefficients and steps, Nesterov, the
+    sqrt(max(1, rows/cols)) learning-rate adjustment, decoupled weight decay): the same
+    parameters, bit for bit, after several steps."""
+    torch.manual_seed(0)
+    ours_p = [torch.randn(48, 16), torch.randn(16, 48), torch.randn(32, 32), torch.randn(32, 32)]
+    ref_p = [p.clone().requires_grad_() for p in ours_p]
+    ours_p = [p.requires_grad_() for p in ours_p]
+    ours = Muon([{"params": ours_p, "muon": True}], lr=0.02, momentum=0.9, weight_decay=0.1,
+                nesterov=nesterov, ns_steps=5, ns_dtype=torch.bfloat16)
+    ref = TORCH_MUON(ref_p, lr=0.02, momentum=0.9, weight_decay=0.1, nesterov=nesterov,
+                     ns_coefficients=NS_COEFFICIENTS, ns_steps=5, adjust_lr_fn="original")
+    start = [p.detach().clone() for p in ours_p]
+    for _ in range(4):
+        for p, q in zip(ours_p, ref_p):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+    for p, q, p0 in zip(ours_p, ref_p, start):
+        assert (p - p0).abs().max() > 1e-3  # they did move
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
 
 
 def test_adamw_groups_equal_torch_adamw():
@@ -96,7 +125,7 @@ def test_configure_muon_groups():
     """The blocks' matrices go to Muon; embeddings, head and norm gains stay with AdamW."""
     model = lc.Transformer(lc.get_preset("tiny"))
     cfg = lc.TrainConfig(optimizer="muon", lr=2e-3, muon_lr=0.01)
-    muon, matrices, vectors = T.configure_optimizer(model, cfg, torch.device("cpu")).param_groups
+    muon, matrices, vectors = configure_optimizer(model, cfg, torch.device("cpu")).param_groups
     named = dict(model.named_parameters())
     ids = lambda g: {id(p) for p in g["params"]}  # noqa: E731
     in_blocks = {id(p) for n, p in named.items() if n.startswith("layers.") and p.dim() == 2}
@@ -104,9 +133,9 @@ def test_configure_muon_groups():
     assert ids(matrices) == {id(named["tok_embeddings.weight"]), id(named["output.weight"])}
     assert all(p.dim() == 1 for p in vectors["params"])
     assert (muon["muon"], muon["lr"], matrices["muon"], matrices["lr"]) == (True, 0.01, False, 2e-3)
-    opt = T.configure_optimizer(model, cfg, torch.device("cpu"))
-    T.set_lr(opt, cfg, 1e-3)  # half of the peak lr: every group at half its own peak
+    opt = configure_optimizer(model, cfg, torch.device("cpu"))
+    set_lr(opt, 1e-3, cfg.lr)  # half of the peak lr: every group at half its own peak
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 1e-3, 1e-3])
     for dtype, ns_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         cfg = lc.TrainConfig(optimizer="muon", dtype=dtype)
-        assert T.configure_optimizer(model, cfg, torch.device("cpu")).ns_dtype == ns_dtype
+        assert configure_optimizer(model, cfg, torch.device("cpu")).ns_dtype == ns_dtype

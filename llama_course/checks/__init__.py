@@ -6,13 +6,15 @@ verdict and returns True. A wrong answer raises AssertionError with what differe
 notebook cell stops right there.
 
 One module per notebook (`nb01_config` ... `nb07_training`, later ones as they come), all
-re-exported here, so a notebook calls `lc.checks.check_rmsnorm(...)`.
+re-exported here, so a notebook calls `lc.checks.check_rmsnorm_backward(...)`.
 """
 
-from .nb01_config import check_num_parameters, check_kv_cache_bytes
-from .nb02_rmsnorm import check_rmsnorm, check_layernorm
-from .nb03_rope import check_rope, check_permute_qk
-from .nb04_attention import check_causal_mask, check_repeat_kv
-from .nb05_ffn import check_ffn_hidden_dim, check_swiglu
-from .nb06_model import check_block, check_greedy
-from .nb07_training import check_targets, check_top_p
+from .nb01_config import check_num_parameters
+from .nb01_config import check_big_llamas, check_gpt2_num_parameters
+from .nb02_rmsnorm import check_rmsnorm_backward, check_eps_threshold
+from .nb03_rope import check_rotate_half_matrix, check_ntk_theta
+from .nb04_attention import check_causal_mask, check_chunked_attention, check_max_context
+from .nb05_ffn import check_fused_swiglu, check_glu_ffn
+from .nb06_model import check_greedy, check_parallel_block, check_top_k
+from .nb07_training import check_grad_accumulation, check_wsd, check_top_p
+from .nb08_real_models import check_chatml, check_dequantize_q4_1

@@ -11,48 +11,99 @@ from .. import attention, config, rope
 from .common import close, ok
 
 
-def check_block(fn: Callable[..., torch.Tensor]) -> bool:
-    """fn(block, x, freqs_cis, mask) -> the output of a TransformerBlock, computed from its
-    submodules (attention_norm, attention, ffn_norm, feed_forward); compared with
-    block(x, 0, freqs_cis, mask)."""
+def _test_block():
+    """A small TransformerBlock with norm gains away from 1, so that a skipped norm shows."""
     from ..model import TransformerBlock
     args = config.ModelArgs(dim=32, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=16,
                             multiple_of=16, ffn_dim_multiplier=None, rope_theta=10000.0,
                             max_seq_len=16)
-    block = TransformerBlock(0, args)
-    T = 7
+    torch.manual_seed(0)
+    block = TransformerBlock(0, args).eval()
     with torch.no_grad():
-        for p in block.parameters():  # norm gains away from 1, so that a skipped norm shows
+        for p in block.parameters():
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.dim() == 1 else 0.0))
-        x = torch.randn(2, T, args.dim)
-        freqs_cis = rope.precompute_freqs_cis(args.head_dim, T, args.rope_theta)
-        mask = attention.causal_mask(T)
-        want = block(x, 0, freqs_cis, mask)
+    T = 7
+    freqs_cis = rope.precompute_freqs_cis(args.head_dim, T, args.rope_theta)
+    return block, torch.randn(2, T, args.dim), freqs_cis, attention.causal_mask(T)
+
+
+def check_parallel_block(fn: Callable[..., torch.Tensor]) -> bool:
+    """fn(block, x, freqs_cis, mask) -> the block's submodules arranged in parallel (GPT-J,
+    GPT-NeoX, PaLM): both branches read the block's input,
+    out = x + attention(attention_norm(x)) + feed_forward(ffn_norm(x))."""
+    block, x, freqs_cis, mask = _test_block()
+    with torch.no_grad():
         got = fn(block, x, freqs_cis, mask)
 
         def attn(t):
             return block.attention(t, 0, freqs_cis, mask)
 
-        h = x + attn(block.attention_norm(x))
-        h_post = block.attention_norm(x + attn(x))
+        a = attn(block.attention_norm(x))
+        want = x + a + block.feed_forward(block.ffn_norm(x))
+        h = x + a
         wrong = {  # the usual slips, named when the answer matches one of them
-            "post-norm (the original Transformer's norm after the residual add)":
-                block.ffn_norm(h_post + block.feed_forward(h_post)),
-            "no residual connections":
-                block.feed_forward(block.ffn_norm(attn(block.attention_norm(x)))),
-            "the feed-forward branch reading x instead of h":
-                h + block.feed_forward(block.ffn_norm(x)),
-            "a missing residual around the feed-forward branch":
-                block.feed_forward(block.ffn_norm(h)),
+            "Llama's sequential block (the FFN reads h = x + attention(...)); in the parallel "
+            "block both branches read x": h + block.feed_forward(block.ffn_norm(h)),
+            "both branches reading attention_norm(x) (GPT-J's single shared norm); here each "
+            "branch has its own: ffn_norm for the feed-forward":
+                h + block.feed_forward(block.attention_norm(x)),
+            "no residual: x itself is missing from the sum":
+                a + block.feed_forward(block.ffn_norm(x)),
+            "x added twice (x + attention(...) + x + feed_forward(...)): one residual, two branches":
+                x + want,
+            "the feed-forward branch reading x without its norm":
+                h + block.feed_forward(x),
         }
         if isinstance(got, torch.Tensor) and got.shape == want.shape:
             for what, value in wrong.items():
                 if torch.allclose(got.to(value.dtype), value, atol=1e-5, rtol=1e-5):
-                    raise AssertionError(
-                        f"block: your output matches {what}. Llama's block is pre-norm: "
-                        "h = x + attention(attention_norm(x)); out = h + feed_forward(ffn_norm(h))")
-        close("block", got, want)
-    return ok("TransformerBlock")
+                    raise AssertionError(f"parallel block: your output matches {what}")
+        close("parallel block", got, want)
+    return ok("parallel TransformerBlock")
+
+
+def check_top_k(fn: Callable[[torch.Tensor, int, float], torch.Tensor]) -> bool:
+    """fn(logits (B, V), k, temperature) -> (B, V) probabilities: softmax(logits / temperature)
+    restricted to the k likeliest tokens and renormalised; compared with
+    `lc.next_token_probs(logits, temperature, top_p=1.0, top_k=k)`."""
+    from ..generate import next_token_probs
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 20, generator=gen) * 2  # (B, V), no ties
+    for k, temperature in ((5, 1.0), (3, 0.5), (1, 0.8), (20, 1.3), (8, 2.0)):
+        where = f"k={k}, temperature={temperature}"
+        want = next_token_probs(logits, temperature, top_p=1.0, top_k=k)
+        got = fn(logits.clone(), k, temperature)
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+            close(f"top-k ({where})", got, want)
+        if torch.isinf(got).any() or (got < 0).any():
+            raise AssertionError(f"{where}: your output has negative or infinite entries: return "
+                                 "probabilities (softmax after filtering), not filtered logits")
+        kept = (got > 0).sum(-1)
+        if (kept != k).any():
+            raise AssertionError(f"{where}: your output keeps {kept.tolist()} tokens per row, "
+                                 f"expected {k}")
+        probs = torch.softmax(logits / temperature, -1)
+        slips = {
+            "the k LEAST likely tokens kept (topk(..., largest=False), or an ascending sort)":
+                _keep(probs, -probs, k),
+            "no renormalisation: the kept probabilities must sum to 1":
+                probs * (want > 0),
+            "temperature ignored": next_token_probs(logits, 1.0, top_p=1.0, top_k=k),
+            "logits multiplied by the temperature instead of divided":
+                next_token_probs(logits * temperature * temperature, temperature, top_p=1.0,
+                                 top_k=k),
+        }
+        for what, value in slips.items():
+            if not torch.allclose(value, want, atol=1e-6) and torch.allclose(got, value, atol=1e-6):
+                raise AssertionError(f"{where}: your output matches {what}")
+        close(f"top-k ({where})", got, want, atol=1e-6, rtol=1e-5)
+    return ok("top-k sampling distribution")
+
+
+def _keep(probs: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
+    idx = score.topk(k, dim=-1).indices  # (B, k)
+    kept = torch.zeros_like(probs).scatter(-1, idx, probs.gather(-1, idx))
+    return kept / kept.sum(-1, keepdim=True)
 
 
 def check_greedy(fn: Callable[..., list]) -> bool:
