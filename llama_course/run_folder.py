@@ -186,14 +186,18 @@ def rank_checksums(model: torch.nn.Module, device: torch.device) -> list[float]:
 
 # ---------------------------------------------------------------------------- progress bar
 class ProgressBar:
-    """tqdm, filling with the clock when the run has a time budget, else with the steps."""
+    """tqdm, filling with the clock when the run has a time budget, else with the steps.
+
+    The text bar (tqdm.std, on stderr), not the notebook widget of tqdm.auto: a widget is
+    stored in a notebook as its initial state ("0% 0/120 s") wherever no widget state is saved
+    (GitHub, nbviewer), while text is stored as it last read."""
 
     def __init__(self, enabled: bool, time_budget: Optional[float], max_steps: int,
                  step: int, train_time: float):
         self.bar, self.time_budget, self._t_last = None, time_budget, train_time
         if not enabled:
             return
-        from tqdm.auto import tqdm
+        from tqdm.std import tqdm
         if time_budget is not None:
             self.bar = tqdm(total=round(time_budget), initial=round(train_time), unit="s",
                             desc="training",
