@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUN_DIR ?= runs/shakespeare
 
-.PHONY: run test install install-test artifacts
+.PHONY: run test install install-test artifacts mutants
 
 install:
 	$(PIP) install -e .
@@ -40,3 +40,9 @@ student: install-classroom
 
 grade: install-classroom
 	$(PYTHON) -m llama_course.classroom grade $(SUBMISSIONS) --out grades
+
+# Mutation testing of the course's modules (not part of `make test`): benchmarks/mutants.py,
+# one folder per module under build/mutants/, results in benchmarks/results/mutants_<label>.json.
+mutants:
+	$(PIP) install -c .ci/constraints.txt "mutmut==3.8.1"
+	$(PYTHON) benchmarks/mutants.py --label $(or $(LABEL),run)

@@ -152,8 +152,10 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         freqs_cis = self.freqs_cis(tokens.device)[start_pos:start_pos + T]  # (T, head_dim/2)
         mask = None  # one new token sees every cached one
-        if T > 1:  # no cached prefix: the plain triangle, which the attention kernel knows
-            mask = "causal" if start_pos == 0 else causal_mask(T, start_pos, tokens.device)
+        if T > 1 and (cache is None or start_pos == 0):  # the keys are these T tokens alone:
+            mask = "causal"  # the plain triangle, which the attention kernel knows
+        elif T > 1:  # a chunk after cached positions: it sees all of them, then a triangle
+            mask = causal_mask(T, start_pos, tokens.device)  # (T, start_pos + T)
         for i, layer in enumerate(self.layers):
             h = layer(h, start_pos, freqs_cis, mask, None if cache is None else cache[i])
         h = self.norm(h)  # (B, T, dim)
