@@ -31,6 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
+from .tokenizer import checked_ids
+
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
 # GPT-2's split: contractions, words and numbers with an optional leading space, punctuation
@@ -244,11 +246,7 @@ class GGUFTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Ids -> text (bytes that do not form valid UTF-8 become U+FFFD)."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary "
-                             f"(0..{self.vocab_size - 1})")
+        ids = checked_ids(ids, self.vocab_size)
         special = self._special_ids if skip_special_tokens else set()
         data = b"".join(self.token_bytes(i) for i in ids if i not in special)
         return data.decode("utf-8", errors="replace")

@@ -25,6 +25,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence, Union
 
+from .tokenizer import checked_ids
+
 # Llama 3's pre-tokenizer: contractions ('s 't 're 've 'm 'll 'd, any case), words with an
 # optional leading non-letter, numbers in groups of at most three digits, punctuation runs
 # (with an optional leading space), newlines, and whitespace.
@@ -252,11 +254,7 @@ class Llama3Tokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Ids -> text (bytes that do not form valid UTF-8 become U+FFFD)."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary "
-                             f"(0..{self.vocab_size - 1})")
+        ids = checked_ids(ids, self.vocab_size)
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._id_to_special]
         return self.model.decode(ids)

@@ -20,6 +20,17 @@ SPECIAL_TOKENS = (BOS, EOS, PAD)
 TOKENIZER_FILE = "char_tokenizer.json"
 
 
+
+def checked_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+    """Ids as Python ints, refusing any outside 0..vocab_size-1 with a clear error (every
+    tokenizer of the course decodes through this check)."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
+    return ids
+
+
 class CharTokenizer:
     """Maps each character of a fixed alphabet to an id; specials follow the characters."""
 
@@ -75,10 +86,7 @@ class CharTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Ids -> text; special tokens appear by name unless skipped."""
         out = []
-        for i in ids:
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
+        for i in checked_ids(ids, self.vocab_size):
             if skip_special_tokens and i >= len(self.chars):
                 continue
             out.append(self.itos[i])
