@@ -113,7 +113,12 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=list(VARIANTS))
     p.add_argument("--package-copy-only", action="store_true",
                    help="only rewrite llama_course/data/ablations.json from the stored results")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="a step budget instead of time, with --seeds: the seeded table")
+    p.add_argument("--seeds", type=int, nargs="*", default=None)
     a = p.parse_args()
+    if a.max_steps is not None or a.seeds is not None:
+        return seeded(a)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
     for name in ([] if a.package_copy_only else a.only):
         r = bench.run("shakespeare-cpu", a.time_budget, label=name,
@@ -129,6 +134,30 @@ def main() -> None:
     for name, r in results["runs"].items():
         print(f"{name:<18} {r['parameters'] / 1e6:7.3f}M {r['steps']:6d} "
               f"{r['final_val_loss']:9.4f}{'  CONTENDED' if r['contended'] else ''}")
+
+
+def seeded(a) -> None:
+    """Every variant with every seed, each for the same number of steps (1,200 is what 120 s
+    buys on the idle benchmark machine): the loss then no longer depends on how busy the machine
+    was, so several seeds measure the run-to-run spread. Results: results/ablations_seeds.json
+    (not yet measured: a run of 4 variants x 3 seeds takes about 25 minutes on an idle machine)."""
+    path = RESULTS.with_name("ablations_seeds.json")
+    results = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    seeds, steps = a.seeds or [0], a.max_steps or 1200
+    results["command"] = (f"python benchmarks/ablations.py --max-steps {steps} "
+                          f"--seeds {' '.join(map(str, seeds))}")
+    for seed in seeds:
+        for name in a.only:
+            r = bench.run("shakespeare-cpu", None, label=f"{name} seed {seed}",
+                          model_fn=variant(*VARIANTS[name]), eval_interval=300,
+                          run_overrides=dict(max_steps=steps, seed=seed))
+            results["runs"].setdefault(name, {})[str(seed)] = r
+            path.write_text(json.dumps(results, indent=1))
+    print(f"\n{'variant':<18} {'val loss per seed':>30} {'mean':>7}")
+    for name, runs in results["runs"].items():
+        losses = [r["final_val_loss"] for r in runs.values()]
+        print(f"{name:<18} {' '.join(f'{x:.4f}' for x in losses):>30} "
+              f"{sum(losses) / len(losses):7.4f}")
 
 
 if __name__ == "__main__":
