@@ -136,6 +136,22 @@ def main() -> None:
               f"{r['final_val_loss']:9.4f}{'  CONTENDED' if r['contended'] else ''}")
 
 
+def write_seeded_copy(results: dict, path: Path = PACKAGE_COPY) -> None:
+    """Add the seeded losses to the package's copy, under "seeded" (notebook 07 shows them)."""
+    copy = json.loads(path.read_text())
+    runs = results["runs"]
+    copy["seeded"] = {
+        "source": "benchmarks/results/ablations_seeds.json", "command": results["command"],
+        "max_steps": next(iter(next(iter(runs.values())).values()))["steps"],
+        "losses": {name: {seed: r["final_val_loss"] for seed, r in by_seed.items()}
+                   for name, by_seed in runs.items()},
+        "tokens_per_s": {name: round(sum(r["tokens_per_s"] for r in by_seed.values())
+                                     / len(by_seed)) for name, by_seed in runs.items()},
+        "contended": any(r["contended"] for by_seed in runs.values() for r in by_seed.values()),
+    }
+    path.write_text(json.dumps(copy, indent=1) + "\n")
+
+
 def seeded(a) -> None:
     """Every variant with every seed, each for the same number of steps (1,200 is what 120 s
     buys on the idle benchmark machine): the loss then no longer depends on how busy the machine
@@ -153,6 +169,7 @@ def seeded(a) -> None:
                           run_overrides=dict(max_steps=steps, seed=seed))
             results["runs"].setdefault(name, {})[str(seed)] = r
             path.write_text(json.dumps(results, indent=1))
+    write_seeded_copy(results)
     print(f"\n{'variant':<18} {'val loss per seed':>30} {'mean':>7}")
     for name, runs in results["runs"].items():
         losses = [r["final_val_loss"] for r in runs.values()]
