@@ -61,10 +61,11 @@ TARGETS: dict[str, dict] = {
     "model": dict(files=["model.py"], tests=["tests/test_model.py", "tests/test_model_edges.py"]),
     "generate": dict(files=["generate.py"],
                      tests=["tests/test_generate.py", "tests/test_sampling_rules.py",
-                            "tests/test_generate_eos.py", "tests/test_generate_args.py"]),
+                            "tests/test_generate_eos.py", "tests/test_generate_args.py", "tests/test_generate_edges.py"]),
     "fast": dict(files=["fast/decoder.py"],
-                 tests=["tests/test_decoder.py", "tests/test_sampling_rules.py"]),
-    "data": dict(files=["data.py"], tests=["tests/test_data.py"]),
+                 tests=["tests/test_decoder.py", "tests/test_sampling_rules.py",
+                        "tests/test_decoder_edges.py"]),
+    "data": dict(files=["data.py"], tests=["tests/test_data.py", "tests/test_data_edges.py"]),
     # the training step, its schedule, loss and evaluation; not the plumbing around them
     # (runtime.py, run_folder.py: progress bar, metrics CSV, plot, torchrun, summary)
     "training": dict(files=["training.py"],
@@ -72,7 +73,7 @@ TARGETS: dict[str, dict] = {
                             "tests/test_train.py::test_gradient_accumulation_equals_the_big_batch",
                             "tests/test_train.py::test_untrained_loss_is_ln_vocab",
                             "tests/test_train.py::test_evaluation_turns_dropout_off_and_restores_the_mode",
-                            "tests/test_accumulation.py"],
+                            "tests/test_accumulation.py", "tests/test_training_edges.py"],
                      functions=["lr_at", "run_progress", "next_token_loss", "train_step",
                                 "estimate_loss", "evaluate"]),
     "optim": dict(files=["optim.py"],
@@ -81,12 +82,13 @@ TARGETS: dict[str, dict] = {
     "tokenizer": dict(files=["tokenizer.py"],
                       tests=["tests/test_tokenizer.py", "tests/test_tokenizer_edges.py"]),
     "llama3_tokenizer": dict(files=["llama3_tokenizer.py"],
-                             tests=["tests/test_llama3_tokenizer.py"]),
+                             tests=["tests/test_llama3_tokenizer.py",
+                                    "tests/test_llama3_tokenizer_edges.py"]),
     # the conversions only: name maps, q/k permutations (in rope.py, mutated under "rope"),
     # config.json / params.json <-> ModelArgs
     "convert": dict(files=["convert.py"],
                     tests=["tests/test_checkpoint.py", "tests/test_checkpoint_conversions.py",
-                           "tests/test_model.py"],
+                           "tests/test_model.py", "tests/test_convert_edges.py"],
                     functions=["meta_to_hf_name", "hf_to_meta_name", "qk_heads", "to_hf_layout",
                                "to_meta_layout", "meta_to_hf_state_dict", "hf_to_meta_state_dict",
                                "args_to_hf_config", "_hf_rope", "args_from_hf_config",
@@ -101,6 +103,10 @@ DESELECT = [
     "tests/test_decoder.py::test_compiled_step_equals_eager",
     "tests/test_decoder.py::test_fast_path_gives_the_plain_paths_tokens[compiled]",
     "tests/test_data.py::test_text_loads_from_an_installed_wheel",
+    # starts a 3-thread OpenMP pool in mutmut's parent process: every forked child that runs
+    # it deadlocks (gdb: gomp_team_barrier_wait_end). tests/test_decoder_edges.py checks the
+    # same behaviour by recording torch.set_num_threads calls instead.
+    "tests/test_decoder.py::test_decoding_runs_on_the_chosen_threads_and_restores_them",
 ]
 
 PYTEST_WARNINGS = [  # as in pyproject.toml

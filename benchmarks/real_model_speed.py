@@ -32,6 +32,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -70,7 +71,7 @@ def transformers_twin(model: lc.Transformer):
         rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta, max_position_embeddings=a.max_seq_len,
         tie_word_embeddings=a.tie_word_embeddings, attn_implementation="sdpa")
     dtype = model.tok_embeddings.weight.dtype
-    hf = transformers.LlamaForCausalLM(config).to(dtype).eval()
+    hf = transformers.LlamaForCausalLM._from_config(config, dtype=dtype).eval()  # no fp32 copy
     missing, unexpected = hf.load_state_dict(lc.meta_to_hf_state_dict(model.state_dict(), a),
                                              strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
@@ -148,12 +149,23 @@ def agreeing(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def measure(path: Path, dtype: torch.dtype, prompt: list[int], new_tokens: int, repeats: int,
-            bandwidth: float, llama_cpp: dict) -> list[dict]:
-    name = str(dtype)[6:]
-    t0 = time.perf_counter()
-    model = load(path, dtype)
-    print(f"  {name}: loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+def one_b_shaped(max_seq_len: int = 512) -> lc.Transformer:
+    """Llama 3.2 1B's shapes (16 x 2048, GQA 32/8, FFN 8192, 128,256-token tied head: 1.24B
+    parameters, 2.47 GB in bf16) with random weights, built in bf16 without an fp32 copy:
+    decoding speed depends on the shapes, not on the values."""
+    args = lc.get_preset("llama3.2-1b", max_seq_len=max_seq_len, max_batch_size=1)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16: no 5 GB fp32 copy on the way
+    try:
+        model = lc.Transformer(args)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+def measure(model: lc.Transformer, name: str, prompt: list[int], new_tokens: int, repeats: int,
+            bandwidth: float, cpp: Optional[str]) -> list[dict]:
     hf = transformers_twin(model)
     fast = lc.FastDecoder(model)
 
@@ -167,7 +179,6 @@ def measure(path: Path, dtype: torch.dtype, prompt: list[int], new_tokens: int, 
         return out[0, len(p):].tolist()
 
     runs = {"ours, fast path": ours(fast), "ours, plain path": ours(), "transformers": theirs}
-    cpp = llama_cpp.get(name.replace("float32", "F32").replace("bfloat16", "BF16"))
     if cpp:
         runs["llama.cpp"] = llama_cpp_runner(cpp)
     timings = interleaved(runs, prompt, new_tokens, repeats)
@@ -180,7 +191,7 @@ def measure(path: Path, dtype: torch.dtype, prompt: list[int], new_tokens: int, 
     rows = []
     for label, t in timings.items():
         decode = statistics.median(t["decode"])
-        row = dict(dtype=name, run=label, prompt_tokens=len(prompt), new_tokens=new_tokens,
+        row = dict(model=name, run=label, prompt_tokens=len(prompt), new_tokens=new_tokens,
                    prefill_tok_s=len(prompt) / statistics.median(t["prefill"]),
                    decode_tok_s=decode, decode_min=min(t["decode"]), decode_max=max(t["decode"]),
                    vs_transformers=statistics.median(a / b for a, b in zip(t["decode"], hf_decode)),
@@ -195,6 +206,33 @@ def measure(path: Path, dtype: torch.dtype, prompt: list[int], new_tokens: int, 
               f"{row['agreeing_tokens']}/{new_tokens} tokens as transformers'   "
               f"load {row['loadavg_1min']}", flush=True)
     return rows
+
+
+def llama_cpp_files(gguf: Path, wanted: dict) -> dict:
+    """F32 and BF16 GGUF files for llama.cpp, written once from the Q4_1 file by llama.cpp's
+    own `llama_model_quantize` (dequantising: the same weights our loader reads) and kept
+    next to it. Paths given on the command line win."""
+    import ctypes
+
+    import llama_cpp
+    files = dict(wanted)
+    for name, ftype in (("F32", llama_cpp.LLAMA_FTYPE_ALL_F32),
+                        ("BF16", llama_cpp.LLAMA_FTYPE_MOSTLY_BF16)):
+        target = gguf.with_name(gguf.stem.replace("Q4_1", name) + ".gguf")
+        if name in files or target == gguf:
+            continue
+        if not target.exists():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype, params.allow_requantize = ftype, True
+            params.nthread = torch.get_num_threads()
+            partial = target.with_suffix(".partial")
+            rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(partial).encode(),
+                                                ctypes.byref(params))
+            if rc != 0:
+                raise SystemExit(f"llama_model_quantize to {name} failed ({rc})")
+            partial.rename(target)
+        files[name] = str(target)
+    return files
 
 
 def llama_cpp_runner(path: str):
@@ -213,11 +251,30 @@ def llama_cpp_runner(path: str):
 
 
 # ---------------------------------------------------------------------------- profile
-def profile_token(path: Path, dtype: torch.dtype, prompt: list[int], steps: int = 20) -> dict:
+@torch.inference_mode()
+def matvec_ceiling(fast: lc.FastDecoder, repeats: int = 10) -> float:
+    """Seconds for one token's matrix-vector products ALONE (every layer's four, the head),
+    in the fast path's own layout and kernels, nothing else: no decoder that uses PyTorch's
+    kernels for them decodes faster than one token per this time."""
+    matrices = [lw[k] for lw in fast.layers for k in ("wqkv", "wo", "w13", "w2")]
+    matrices.append(fast.output)
+    inputs = [torch.ones(1, 1, (w[0] if isinstance(w, tuple) else w).shape[
+        0 if fast.transposed and not isinstance(w, tuple) else 1], dtype=fast.dtype)
+        for w in matrices]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for x, w in zip(inputs, matrices):
+            fast.linear(x, w)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def profile_token(make_model, name: str, prompt: list[int], steps: int = 20) -> dict:
     """Where one fast-path decode token's time goes, operator by operator (torch.profiler),
     averaged over `steps` tokens after the prompt."""
     from torch.profiler import ProfilerActivity, profile
-    model = load(path, dtype)
+    model = make_model()
     fast = lc.FastDecoder(model)
     cache = fast.new_cache(1, len(prompt) + steps + 5)
     tokens = torch.tensor([prompt])
@@ -228,18 +285,22 @@ def profile_token(path: Path, dtype: torch.dtype, prompt: list[int], steps: int 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for t in range(steps):
             fast(tokens[:, -1:], start + t, cache)
+    ceiling = matvec_ceiling(fast)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     table = sorted(({"op": e.key, "calls_per_token": e.count / steps,
                      "us_per_token": e.self_cpu_time_total / steps,
                      "share": e.self_cpu_time_total / total} for e in events),
                    key=lambda r: -r["us_per_token"])[:15]
-    print(f"  profile, {str(dtype)[6:]}, fast path, one decode token: "
+    print(f"  profile, {name}, fast path, one decode token: "
           f"{total / steps / 1e3:.1f} ms of operator time")
     for r in table:
         print(f"    {r['op']:<32} {r['calls_per_token']:6.0f} calls {r['us_per_token']:9.0f} us "
               f"{r['share']:5.1%}")
-    return {"dtype": str(dtype)[6:], "ms_per_token": total / steps / 1e3, "top": table,
+    print(f"    the matrix-vector products alone, timed without the rest: {ceiling * 1e3:.1f} ms "
+          f"per token -> at most {1 / ceiling:.0f} tok/s with these kernels")
+    return {"model": name, "ms_per_token": total / steps / 1e3, "top": table,
+            "matvec_ms_per_token": ceiling * 1e3, "matvec_ceiling_tok_s": 1 / ceiling,
             "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -252,6 +313,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default PyTorch's)")
     p.add_argument("--profile", action="store_true", help="profile one fast-path decode token")
+    p.add_argument("--one-b", action="store_true",
+                   help="also a Llama-3.2-1B-shaped model in bf16 (random weights, 2.5 GB)")
+    p.add_argument("--one-b-tokens", type=int, default=32, help="its new tokens per run")
     p.add_argument("--llama-cpp", nargs="*", default=[], metavar="F32=PATH",
                    help="llama.cpp GGUF files by precision, e.g. F32=smol-f32.gguf BF16=...")
     p.add_argument("--tag", default="cpu", help="suffix of the result file")
@@ -264,6 +328,7 @@ def main() -> None:
     llama_cpp = dict(x.split("=", 1) for x in a.llama_cpp)
     try:
         import llama_cpp as _  # noqa: F401
+        llama_cpp = llama_cpp_files(a.gguf, llama_cpp)
     except ImportError:
         if llama_cpp:
             raise SystemExit("--llama-cpp needs llama-cpp-python (pip install llama-cpp-python)")
@@ -277,9 +342,21 @@ def main() -> None:
     rows, profiles = [], []
     for name in a.dtypes:
         dtype = getattr(torch, name)
-        rows += measure(a.gguf, dtype, prompt, a.new_tokens, a.repeats, read, llama_cpp)
+        t0 = time.perf_counter()
+        model = load(a.gguf, dtype)
+        print(f"  {name}: loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+        cpp = llama_cpp.get({"float32": "F32", "bfloat16": "BF16"}.get(name))
+        rows += measure(model, name, prompt, a.new_tokens, a.repeats, read, cpp)
+        del model
         if a.profile:
-            profiles.append(profile_token(a.gguf, dtype, prompt))
+            profiles.append(profile_token(lambda: load(a.gguf, dtype), name, prompt))
+    if a.one_b:
+        model = one_b_shaped()
+        rows += measure(model, "1B-shaped bfloat16", prompt, a.one_b_tokens, a.repeats, read,
+                        None)
+        if a.profile:
+            profiles.append(profile_token(lambda: model, "1B-shaped bfloat16", prompt))
+        del model
     info["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     RESULTS.mkdir(exist_ok=True)
     command = "python benchmarks/real_model_speed.py " + " ".join(os.sys.argv[1:])

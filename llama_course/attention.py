@@ -56,8 +56,9 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        mask: Mask) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q K^T / sqrt(d) + mask) V, spelled out, returning the weights too (for plots).
 
-    q: (B, H, T, D); k, v: (B, H, S, D) with K/V heads already repeated; mask: a boolean
-    (T, S) tensor (True where a query may look), "causal", or None.
+    q: (B, H, T, D); k, v: (B, H, S, D) with K/V heads already repeated (any leading
+    dimensions work, as in F.scaled_dot_product_attention); mask: a boolean (T, S) tensor
+    (True where a query may look), "causal", or None.
     """
     if isinstance(mask, str):
         mask = _causal_of(q, k, mask)

@@ -67,7 +67,7 @@ def eval_windows(data: torch.Tensor, block_size: int) -> list[tuple[torch.Tensor
     y = data[1: n * block_size + 1].view(n, block_size)  # (n, T)
     windows = [(x, y)]
     rest = len(data) - 1 - n * block_size
-    if rest > 0:
+    if rest > 0:  # the last `rest` inputs and targets
         start = n * block_size
-        windows.append((data[start:start + rest][None], data[start + 1:start + rest + 1][None]))
+        windows.append((data[start:-1][None], data[start + 1:][None]))  # (1, rest) each
     return windows

@@ -114,7 +114,6 @@ class Decoder(Protocol):
     def __call__(self, tokens: torch.Tensor, start_pos: int, cache) -> torch.Tensor: ...
 
 
-@torch.inference_mode()
 def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                    temperature: float = 0.6, top_p: float = 0.9, top_k: Optional[int] = None,
                    eos_id: Optional[int] = None, use_cache: bool = True,
@@ -130,9 +129,17 @@ def generate_steps(model: Transformer, prompts: Sequence[Sequence[int]], max_new
         raise ValueError("decoder= decodes with a KV cache: leave use_cache=True")
     if getattr(decoder, "model", model) is not model:
         raise ValueError("decoder was built for another model: build one for this model")
+    yield from _steps_without_autograd(model, prompts, max_new_tokens, temperature, top_p,
+                                       top_k, eos_id, use_cache, generator, decoder or model)
+
+
+@torch.inference_mode()
+def _steps_without_autograd(model, *args):
+    """The loop in inference mode (no autograd graph) and eval mode. torch's decorator enters
+    inference mode at each resume and leaves it at each yield, so the caller's own code between
+    tokens runs in its usual mode; a `with` block would hold it across the yields."""
     with eval_mode(model):
-        yield from _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k,
-                                   eos_id, use_cache, generator, decoder or model)
+        yield from _generate_steps(model, *args)
 
 
 def _generate_steps(model, prompts, max_new_tokens, temperature, top_p, top_k, eos_id,

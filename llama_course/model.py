@@ -161,14 +161,14 @@ class Transformer(nn.Module):
         h = self.norm(h)  # (B, T, dim)
         return self.output(h).float()  # (B, T, vocab_size)
 
-    @torch.no_grad()
     def attention_weights(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Run a forward through the explicit attention path and return each layer's
         attention maps, (B, n_heads, T, T) per layer: what each head looks at."""
         for layer in self.layers:
             layer.attention.keep_weights = True
         try:
-            self(tokens)
+            with torch.no_grad():  # maps for plots: no graph to keep
+                self(tokens)
             return [layer.attention.last_weights for layer in self.layers]
         finally:
             for layer in self.layers:

@@ -94,18 +94,18 @@ class Muon(torch.optim.Optimizer):
         super().__init__(param_groups, defaults)
         self.ns_dtype = ns_dtype  # not in the state dict: it follows the hardware, not the run
 
-    @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if group["muon"]:
-                self._muon_step(group, params)
-            else:
-                self._adamw_step(group, params)
+        with torch.no_grad():  # a block, not a decorator, so that mutation testing reaches it
+            for group in self.param_groups:
+                params = [p for p in group["params"] if p.grad is not None]
+                if group["muon"]:
+                    self._muon_step(group, params)
+                else:
+                    self._adamw_step(group, params)
         return loss
 
     def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
@@ -114,7 +114,7 @@ class Muon(torch.optim.Optimizer):
         for p in params:
             buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
             buf.lerp_(p.grad, 1 - beta)  # (rows, cols): the running average of gradients
-            look_ahead = p.grad.lerp(buf, beta) if group.get("nesterov", True) else buf
+            look_ahead = p.grad.lerp(buf, beta) if group["nesterov"] else buf
             by_shape[p.shape].append((p, look_ahead))
         for (rows, cols), items in by_shape.items():
             updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"],

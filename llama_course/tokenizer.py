@@ -98,7 +98,9 @@ class CharTokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         data = {"type": "char", "chars": self.chars, "special_tokens": self.special_tokens}
-        (path / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False, indent=1))
+        # UTF-8 whatever the platform's locale (the characters are stored as themselves)
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        (path / TOKENIZER_FILE).write_bytes(text.encode("utf-8"))
         return path / TOKENIZER_FILE
 
     @classmethod
@@ -108,7 +110,7 @@ class CharTokenizer:
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
             raise FileNotFoundError(f"no {TOKENIZER_FILE} in {path}: was it saved by a training run?")
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_bytes())  # bytes: json detects UTF-8 itself
         if data.get("type") != "char" or not isinstance(data.get("chars"), list):
             raise ValueError(f"{file} is not a character tokenizer file")
         if data.get("special_tokens", list(SPECIAL_TOKENS)) != list(SPECIAL_TOKENS):

@@ -92,7 +92,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     if len(batches) == 0:
         raise ValueError("train_step: batches is empty; give an (x, y) pair or a list of them")
     device = next(model.parameters()).device
-    total = torch.zeros((), device=device)
+    total = 0.0  # a tensor on the model's device after the first loss: no sync per micro-batch
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # (B, T)
         # DDP averages the gradients over the ranks once, after the last micro-batch
@@ -117,14 +117,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 # ---------------------------------------------------------------------------- evaluation
-@torch.no_grad()
 def estimate_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int,
                   batch_size: int, n_batches: int, device: torch.device,
                   autocast: Optional[torch.dtype] = None, seed: int = 0) -> float:
     """Mean loss over a few random batches: a quick, noisy reading during training."""
     g = torch.Generator().manual_seed(seed)
     losses = []
-    with eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for _ in range(n_batches):
             x, y = get_batch(data, batch_size, block_size, g)  # (B, T) each
             with runtime.autocast(device.type, autocast):
@@ -133,14 +132,13 @@ def estimate_loss(model: torch.nn.Module, data: torch.Tensor, block_size: int,
     return sum(losses) / len(losses)
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, data: torch.Tensor, block_size: int,
              device: torch.device, batch_size: int = 64,
              autocast: Optional[torch.dtype] = None) -> float:
     """Loss over the whole split, every token after the first predicted exactly once.
     This is the number a run reports."""
     total, count = 0.0, 0
-    with eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for x, y in eval_windows(data, block_size):
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)

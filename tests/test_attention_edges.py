@@ -86,3 +86,69 @@ def test_dropout_only_in_training_at_both_places(training):
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
     plain = reference_attention(attn, x, freqs, 0.0, False)
     assert torch.allclose(out, plain, atol=1e-6) != training  # dropout changed it iff training
+
+
+@pytest.mark.parametrize("attend", [lc.sdpa_attention, lambda q, k, v, m: lc.explicit_attention(
+    q, k, v, m)[0]], ids=["sdpa", "explicit"])
+def test_causal_request_with_unequal_lengths_explains_what_to_pass(attend):
+    q, k = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8)
+    with pytest.raises(ValueError, match=r'^mask="causal" needs as many queries as keys '
+                                         r"\(got 3 and 5\); after a cached prefix pass "
+                                         r"causal_mask\(T, start_pos\)$"):
+        attend(q, k, k, "causal")
+
+
+def test_inputs_without_a_batch_dimension_work_like_torchs():
+    """(heads, T, D) inputs, as F.scaled_dot_product_attention accepts them: the causal
+    triangle and the scores use the last two dimensions, whatever comes before them."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out, weights = lc.explicit_attention(q, k, v, "causal")
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    assert weights.shape == (2, 5, 5)
+    torch.testing.assert_close(lc.sdpa_attention(q, k, v, "causal"), ref)
+    q1 = torch.randn(2, 3, 8)  # 3 queries after 2 cached keys: scores (2, 3, 5)
+    mask = lc.causal_mask(3, 2)
+    torch.testing.assert_close(lc.explicit_attention(q1, k, v, mask)[0],
+                               F.scaled_dot_product_attention(q1, k, v, attn_mask=mask),
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_the_causal_request_takes_dropout_too():
+    q, k, v = (torch.randn(1, 2, 6, 8) for _ in range(3))
+    torch.manual_seed(1)
+    out = lc.sdpa_attention(q, k, v, "causal", dropout_p=0.5)
+    torch.manual_seed(1)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.5)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    assert not torch.equal(out, lc.sdpa_attention(q, k, v, "causal"))
+
+
+def test_the_causal_triangle_is_built_on_the_inputs_device():
+    meta = torch.device("meta")  # stands in for a GPU: a mask left on the CPU fails there
+    q, k, v = (torch.randn(1, 2, 4, 8, device=meta) for _ in range(3))
+    out, weights = lc.explicit_attention(q, k, v, "causal")
+    assert out.device == weights.device == meta and weights.shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_off_the_cpu_the_kernel_gets_the_inputs_dtype(dtype, monkeypatch):
+    """The fp32 detour is for the CPU only: on a GPU (the meta device stands in for one) bf16
+    attention goes to the fused kernel in bf16, where its fast kernels are."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kw):
+        seen.append((q.dtype, q.device.type))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    q, k, v = (torch.randn(1, 2, 4, 8, device="meta", dtype=dtype) for _ in range(3))
+    for mask in ("causal", None, lc.causal_mask(4, device="meta")):
+        assert lc.sdpa_attention(q, k, v, mask).dtype == dtype
+    assert seen == [(dtype, "meta")] * 3
+    seen.clear()
+    cpu = torch.randn(1, 2, 4, 8, dtype=dtype)
+    lc.sdpa_attention(cpu, cpu, cpu, None)  # the CPU: always fp32
+    assert seen == [(torch.float32, "cpu")]

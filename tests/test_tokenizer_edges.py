@@ -57,3 +57,13 @@ def test_a_file_without_special_tokens_gets_the_defaults(tmp_path):
 
 def test_repr_shows_the_alphabet():
     assert repr(lc.CharTokenizer.from_text("ba")) == "CharTokenizer(vocab_size=5, chars='ab')"
+
+
+def test_saved_file_is_readable_utf8_one_entry_per_line(tmp_path):
+    """A learner opens char_tokenizer.json: its characters appear as themselves (UTF-8 on every
+    platform, no \\u escapes) and each one sits on its own line."""
+    tok = lc.CharTokenizer.from_text("héllo wörld 日本")
+    text = tok.save_pretrained(tmp_path).read_bytes().decode("utf-8")
+    assert '"é"' in text and '"日"' in text and "\\u" not in text
+    assert len(text.splitlines()) > len(tok.chars)
+    assert lc.CharTokenizer.from_pretrained(tmp_path).chars == tok.chars

@@ -77,7 +77,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | tuple[torch.Tensor, ...],
     """x W^T. `w` is one matrix, stored (in, out) if `transposed` else (out, in), or a tuple of
     the model's own (out, in) matrices whose outputs are concatenated."""
     if isinstance(w, tuple):
-        return torch.cat([F.linear(x, part) for part in w], dim=-1)
+        return torch.cat([linear(x, part, False) for part in w], dim=-1)  # each (out, in)
     if transposed:
         return x @ w
     if x.shape[:-1].numel() == 1:  # one token: a matrix-vector product
@@ -172,26 +172,26 @@ class FastDecoder:
         self._copies.append((copy, sources))
         return copy
 
-    @torch.no_grad()
     def refresh(self) -> None:
         """Copy the model's current weights into the decoder's copies, in place (so a compiled
         step or a CUDA graph stays valid). `new_cache` calls it when the weights changed."""
-        for copy, sources in self._copies:
-            start = 0
-            for src in sources:  # each source is a slice of the copy's out dimension
-                if copy.dim() == 2 and self.transposed:
-                    copy.narrow(1, start, src.shape[0]).copy_(src.detach().t())
-                else:
-                    copy.narrow(0, start, src.shape[0]).copy_(src.detach())
-                start += src.shape[0]
+        with torch.no_grad():  # (a `with`, not a decorator: mutation testing reaches the body)
+            for copy, sources in self._copies:
+                start = 0
+                for src in sources:  # each source is a slice of the copy's out dimension
+                    if copy.dim() == 2 and self.transposed:
+                        copy.narrow(1, start, src.shape[0]).copy_(src.detach().t())
+                    else:
+                        copy.narrow(0, start, src.shape[0]).copy_(src.detach())
+                    start += src.shape[0]
         self._seen = self._fingerprint()
 
-    @torch.no_grad()
     def _fingerprint(self) -> list[tuple[int, torch.Tensor]]:
         """Where each weight lives and 64 evenly spaced values of it: a cheap test of change
         (an optimizer step or a load changes them all)."""
-        return [(p.data_ptr(), p.detach().reshape(-1)[:: max(1, p.numel() // 64)].clone())
-                for p in self.model.parameters()]
+        with torch.no_grad():
+            return [(p.data_ptr(), p.detach().reshape(-1)[:: max(1, p.numel() // 64)].clone())
+                    for p in self.model.parameters()]
 
     def _check_weights(self) -> None:
         w = self.model.tok_embeddings.weight
@@ -203,9 +203,7 @@ class FastDecoder:
             raise ValueError("the model's weights are new tensors since this FastDecoder was "
                              "built (not the same weights updated in place): build a new one")
         if not all(torch.equal(a, b) for (_, a), (_, b) in zip(now, self._seen)):
-            if self.fuse:  # new values: copy them in (unfused, the model's matrices are used)
-                self.refresh()
-            self._seen = now
+            self.refresh()  # new values: copy them in (unfused, only the norms' gains are copies)
 
     # ------------------------------------------------------------------ the model's calls
     def new_cache(self, batch_size: int, max_seq_len: Optional[int] = None) -> FastCache:
@@ -334,7 +332,7 @@ class FastDecoder:
         return storage["step"](token, storage["pos"], *args)
 
     def _compiled_or_eager(self, *args) -> torch.Tensor:
-        if self._compiled is not self.static_step:
+        if self._compiled != self.static_step:  # (a bound method is a new object each time)
             try:
                 return self._compiled(*args)
             except Exception as e:  # an unsupported platform or backend: run eagerly instead
