@@ -21,8 +21,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 python -m pip install -q --no-deps -e . >/dev/null 2>&1 || log "editable install failed"
 
 log "GPU-only tests"
-timeout 240 python -m pytest -q -p no:nbval -o addopts="" tests/test_decoder.py \
-    tests/test_generate.py 2>&1 | tail -3 | tee -a "$OUT_DIR/summary.txt"
+timeout 300 python -m pytest -q -p no:nbval -o addopts="" tests/test_decoder.py \
+    tests/test_decoder_edges.py tests/test_generate.py tests/test_generate_edges.py 2>&1 | tail -3 | tee -a "$OUT_DIR/summary.txt"
 
 log "decoding speed (--compile: the CUDA-graph step)"
 timeout 300 python benchmarks/generate_speed.py --device cuda --compile --repeats 3 \
