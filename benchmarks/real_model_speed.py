@@ -3,6 +3,7 @@
     python benchmarks/real_model_speed.py                 # fp32 and bf16, CPU
     python benchmarks/real_model_speed.py --profile       # + one fast-path token, by operator
     python benchmarks/real_model_speed.py --threads 1     # every run on one thread
+    python benchmarks/real_model_speed.py --compile --tag cpu_compile   # + FastDecoder(compile=True)
 
 Greedy decoding of 64 tokens after a 20-token prompt, in fp32 and bf16, by our plain path
 (`lc.generate(model, ...)`, the model the notebooks build), our fast path
@@ -165,7 +166,7 @@ def one_b_shaped(max_seq_len: int = 512) -> lc.Transformer:
 
 
 def measure(model: lc.Transformer, name: str, prompt: list[int], new_tokens: int, repeats: int,
-            bandwidth: float, cpp: Optional[str]) -> list[dict]:
+            bandwidth: float, cpp: Optional[str], compile: bool = False) -> list[dict]:
     hf = transformers_twin(model)
     fast = lc.FastDecoder(model)
 
@@ -179,6 +180,8 @@ def measure(model: lc.Transformer, name: str, prompt: list[int], new_tokens: int
         return out[0, len(p):].tolist()
 
     runs = {"ours, fast path": ours(fast), "ours, plain path": ours(), "transformers": theirs}
+    if compile:  # compiled in the warm-up call, outside the timed runs
+        runs["ours, fast, compiled"] = ours(lc.FastDecoder(model, compile=True))
     if cpp:
         runs["llama.cpp"] = llama_cpp_runner(cpp)
     timings = interleaved(runs, prompt, new_tokens, repeats)
@@ -200,7 +203,7 @@ def measure(model: lc.Transformer, name: str, prompt: list[int], new_tokens: int
                    agreeing_tokens=agreeing(t["tokens"], reference),
                    loadavg_1min=round(statistics.median(t["load"]), 2))
         rows.append(row)
-        print(f"  {name:>8} {label:<17} prefill {row['prefill_tok_s']:6.0f} tok/s  decode "
+        print(f"  {name:>8} {label:<20} prefill {row['prefill_tok_s']:6.0f} tok/s  decode "
               f"{decode:5.1f} tok/s ({row['decode_min']:.1f}-{row['decode_max']:.1f}) = "
               f"{row['vs_transformers']:4.2f}x transformers, {row['of_limit']:4.0%} of the limit, "
               f"{row['agreeing_tokens']}/{new_tokens} tokens as transformers'   "
@@ -318,6 +321,8 @@ def main() -> None:
     p.add_argument("--one-b-tokens", type=int, default=32, help="its new tokens per run")
     p.add_argument("--llama-cpp", nargs="*", default=[], metavar="F32=PATH",
                    help="llama.cpp GGUF files by precision, e.g. F32=smol-f32.gguf BF16=...")
+    p.add_argument("--compile", action="store_true",
+                   help="also the fast path with compile=True (SmolLM2 rows)")
     p.add_argument("--tag", default="cpu", help="suffix of the result file")
     a = p.parse_args()
     if a.threads:
@@ -346,7 +351,7 @@ def main() -> None:
         model = load(a.gguf, dtype)
         print(f"  {name}: loaded in {time.perf_counter() - t0:.1f} s", flush=True)
         cpp = llama_cpp.get({"float32": "F32", "bfloat16": "BF16"}.get(name))
-        rows += measure(model, name, prompt, a.new_tokens, a.repeats, read, cpp)
+        rows += measure(model, name, prompt, a.new_tokens, a.repeats, read, cpp, a.compile)
         del model
         if a.profile:
             profiles.append(profile_token(lambda: load(a.gguf, dtype), name, prompt))

@@ -75,6 +75,9 @@ def run(preset: str = "shakespeare-cpu", time_budget: float | None = 120.0,
         result = train(cfg, model_fn=model_fn)
         wall = time.perf_counter() - t0
         metrics = pd.read_csv(Path(tmp) / "metrics.csv")
+    if result.interrupted:  # a stopped run is not a result: never recorded
+        raise SystemExit(f"run {label or preset!r} stopped after {result.train_time:.0f} s "
+                         f"(signal {result.signal}): not recorded")
     s = result.summary
     curve = metrics.dropna(subset=["val_loss"])[["elapsed_s", "step", "val_loss"]]
     out = {

@@ -86,6 +86,10 @@ def test_compiled_step_equals_eager():
     steps = [fast(tokens[:, t:t + 1], t, cache)[:, 0] for t in range(4, 12)]
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], atol=1e-4, rtol=1e-4)
     assert fast.compiled  # still the compiled step: no silent fallback to eager
+    with torch._dynamo.config.patch(error_on_recompile=True):  # compiled once per batch size,
+        for prompt, n in (([5, 6, 7], 3), ([5], 9)):  # whatever the prompt and the length
+            assert (lc.generate(model, [prompt], n, temperature=0, decoder=fast)
+                    == lc.generate(model, [prompt], n, temperature=0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU")

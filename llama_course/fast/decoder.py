@@ -23,14 +23,13 @@ removed, and answers the same calls as the model (`new_cache`, then
   through the output head (generation needs nothing else);
 * RMSNorm as a LayerNorm of [x, -x] (`rms_norm` below says why that is the same number), the
   RoPE of notebook 03 (`rope.rotate`, in real arithmetic in the compiled step);
-* `threads=` sets the CPU threads for each call and restores them after it. By default the
-  process's setting is kept: on an idle 2-core machine two threads decoded the 0.8M model 1.09x
-  and the 10M model 1.6x as fast as one; on a busy shared machine one thread can be many times
-  faster, because a descheduled thread stalls every step (benchmarks/README.md).
+* `threads=` sets the CPU threads for each call and restores them after it (default: the
+  process's setting; on a busy shared machine one thread can be many times faster than two,
+  because a descheduled thread stalls every step: benchmarks/README.md).
 
 `compile=True` compiles the single-token step with static shapes (the whole cache, future
 positions masked); on CUDA that step is then recorded once as a CUDA graph and replayed per
-token (`cuda_graph.py`). Whatever fails there, the decoder says so once and falls back.
+token (`cuda_graph.py`), on the CPU it is compiled with Inductor's C++ wrapper (below). Whatever fails there, the decoder says so once and falls back.
 
 The decoder copies the model's weights (fused) when it is built. At the start of every
 generation (`new_cache`) it compares a sample of every weight (64 evenly spaced values, and
@@ -53,7 +52,6 @@ from torch import nn
 from ..model import Transformer
 from ..rope import rotate
 from .cuda_graph import CUDAGraphStep, fallback_warning
-
 
 
 def rms_norm(x: torch.Tensor, gain2: torch.Tensor, eps: float) -> torch.Tensor:
@@ -227,7 +225,8 @@ class FastDecoder:
                 k=torch.zeros(shape, dtype=self.dtype, device=self.device),
                 v=torch.zeros(shape, dtype=self.dtype, device=self.device),
                 positions=torch.arange(length, device=self.device),
-                pos=torch.zeros((), dtype=torch.long, device=self.device), step=None)
+                pos=torch.zeros((), dtype=torch.long, device=self.device), step=None,
+                token=torch.zeros(batch_size, dtype=torch.long, device=self.device))
             storage.update(ks=list(storage["k"]), vs=list(storage["v"]))  # each layer's view
         return FastCache(storage)
 
@@ -321,15 +320,22 @@ class FastDecoder:
 
     def _step(self, token: torch.Tensor, start_pos: int, storage: dict) -> torch.Tensor:
         storage["pos"].fill_(start_pos)
+        storage["token"].copy_(token)  # one tensor, one stride: no recompiling per prompt length
         if storage["step"] is None:  # this batch size's first single-token step
             if self._compiled is None:
-                self._compiled = torch.compile(self.static_step, fullgraph=True, dynamic=False)
+                self._compiled = torch.compile(self.static_step, fullgraph=True, dynamic=False,
+                                               options=self._compile_options())
             step = self._compiled_or_eager
             if self.device.type == "cuda":
                 step = CUDAGraphStep(step, lambda fn: storage.update(step=fn))
             storage["step"] = step
         args = (storage["ks"], storage["vs"], storage["positions"])
-        return storage["step"](token, storage["pos"], *args)
+        return storage["step"](storage["token"], storage["pos"], *args)
+
+    def _compile_options(self) -> Optional[dict]:
+        """On the CPU, Inductor's C++ wrapper: the step's kernels are then called from C++, not
+        one Python call each, the per-call cost that compiling the step is there to remove."""
+        return {"cpp_wrapper": True} if self.device.type == "cpu" else None
 
     def _compiled_or_eager(self, *args) -> torch.Tensor:
         if self._compiled != self.static_step:  # (a bound method is a new object each time)
