@@ -389,6 +389,16 @@ def test_compile_routes_single_tokens_through_one_compiled_step(monkeypatch):
     assert FastDecoder(model).compiled is False  # compile=False never compiles
 
 
+def test_the_cpp_wrapper_is_asked_for_on_the_cpu_only():
+    """Inductor's C++ wrapper is the CPU's compile option; on a GPU the step keeps Inductor's
+    default and is recorded as a CUDA graph instead (checked without a GPU: the option depends
+    on the decoder's device only)."""
+    fast = FastDecoder(model_for("gqa"), compile=True)
+    assert fast._compile_options() == {"cpp_wrapper": True}
+    fast.device = torch.device("meta")  # any device that is not the CPU
+    assert fast._compile_options() is None
+
+
 def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch):
     def unsupported(*args, **kwargs):
         raise RuntimeError("no compiler here")
