@@ -7,8 +7,7 @@
 every layer, for three separate q/k/v matrix products, two for the gate and up projections, a
 dozen module calls and a fresh slice of the cache: at the course's small sizes that overhead,
 not the arithmetic, sets the speed. `FastDecoder` computes the same numbers with that work
-removed, and answers the same calls as the model (`new_cache`, then
-`decoder(tokens, start_pos, cache)`), so `generate` runs it unchanged:
+removed, and answers the model's calls (`new_cache`, `decoder(tokens, start_pos, cache)`):
 
 * q, k and v projections fused into one matrix, gate and up into another (one matmul each);
 * in fp32 every matrix stored transposed, (in, out), and applied as `x @ w`: for one token
@@ -19,8 +18,7 @@ removed, and answers the same calls as the model (`new_cache`, then
 * one KV cache per batch size, allocated once and kept for the next generations, in the
   (B, heads, positions, head_dim) layout that `F.scaled_dot_product_attention` reads;
   grouped-query attention through SDPA's `enable_gqa` (no copies of K/V heads);
-* plain functions on weight tensors (no `nn.Module` calls); only the last position goes
-  through the output head (generation needs nothing else);
+* plain functions on weight tensors (no `nn.Module` calls); only the last position's head;
 * RMSNorm as a LayerNorm of [x, -x] (`rms_norm` below says why that is the same number), the
   RoPE of notebook 03 (`rope.rotate`, in real arithmetic in the compiled step);
 * `threads=` sets the CPU threads for each call and restores them after it (default: the
@@ -28,8 +26,9 @@ removed, and answers the same calls as the model (`new_cache`, then
   because a descheduled thread stalls every step: benchmarks/README.md).
 
 `compile=True` compiles the single-token step with static shapes (the whole cache, future
-positions masked); on CUDA that step is then recorded once as a CUDA graph and replayed per
-token (`cuda_graph.py`), on the CPU it is compiled with Inductor's C++ wrapper (below). Whatever fails there, the decoder says so once and falls back.
+positions masked). On CUDA it is then recorded once as a CUDA graph and replayed per token
+(`cuda_graph.py`); on the CPU Inductor's C++ wrapper calls its kernels, not Python, one call
+each. Whatever fails there, the decoder says so once and falls back.
 
 The decoder copies the model's weights (fused) when it is built. At the start of every
 generation (`new_cache`) it compares a sample of every weight (64 evenly spaced values, and
@@ -320,7 +319,7 @@ class FastDecoder:
 
     def _step(self, token: torch.Tensor, start_pos: int, storage: dict) -> torch.Tensor:
         storage["pos"].fill_(start_pos)
-        storage["token"].copy_(token)  # one tensor, one stride: no recompiling per prompt length
+        storage["token"].copy_(token)  # one tensor, one stride: no recompile per generation length
         if storage["step"] is None:  # this batch size's first single-token step
             if self._compiled is None:
                 self._compiled = torch.compile(self.static_step, fullgraph=True, dynamic=False,
@@ -332,9 +331,7 @@ class FastDecoder:
         args = (storage["ks"], storage["vs"], storage["positions"])
         return storage["step"](storage["token"], storage["pos"], *args)
 
-    def _compile_options(self) -> Optional[dict]:
-        """On the CPU, Inductor's C++ wrapper: the step's kernels are then called from C++, not
-        one Python call each, the per-call cost that compiling the step is there to remove."""
+    def _compile_options(self) -> Optional[dict]:  # the C++ wrapper on the CPU (see the top)
         return {"cpp_wrapper": True} if self.device.type == "cpu" else None
 
     def _compiled_or_eager(self, *args) -> torch.Tensor:
