@@ -62,9 +62,9 @@ TARGETS: dict[str, dict] = {
     "generate": dict(files=["generate.py"],
                      tests=["tests/test_generate.py", "tests/test_sampling_rules.py",
                             "tests/test_generate_eos.py", "tests/test_generate_args.py", "tests/test_generate_edges.py"]),
-    "fast": dict(files=["fast/decoder.py"],
+    "fast": dict(files=["fast/decoder.py", "fast/cpu_compile.py"],
                  tests=["tests/test_decoder.py", "tests/test_sampling_rules.py",
-                        "tests/test_decoder_edges.py"]),
+                        "tests/test_decoder_edges.py", "tests/test_cpu_compile.py"]),
     "data": dict(files=["data.py"], tests=["tests/test_data.py", "tests/test_data_edges.py"]),
     # the training step, its schedule, loss and evaluation; not the plumbing around them
     # (runtime.py, run_folder.py: progress bar, metrics CSV, plot, torchrun, summary)
@@ -102,6 +102,8 @@ TARGETS: dict[str, dict] = {
 DESELECT = [
     "tests/test_decoder.py::test_compiled_step_equals_eager",
     "tests/test_decoder.py::test_fast_path_gives_the_plain_paths_tokens[compiled]",
+    "tests/test_decoder.py::test_compiled_cpu_step_freezes_its_weights_into_the_matrix_kernels",
+    "tests/test_decoder.py::test_compiled_cpu_step_follows_weights_updated_in_place",
     "tests/test_data.py::test_text_loads_from_an_installed_wheel",
     # starts a 3-thread OpenMP pool in mutmut's parent process: every forked child that runs
     # it deadlocks (gdb: gomp_team_barrier_wait_end). tests/test_decoder_edges.py checks the

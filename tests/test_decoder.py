@@ -1,6 +1,8 @@
 """The fast path (llama_course/fast/): its logits equal the model's own forward at every
 position, its tokens equal the plain path's, and it keeps no state on the model."""
 
+import re
+
 import pytest
 import torch
 
@@ -90,6 +92,63 @@ def test_compiled_step_equals_eager():
         for prompt, n in (([5, 6, 7], 3), ([5], 9)):  # whatever the prompt and the length
             assert (lc.generate(model, [prompt], n, temperature=0, decoder=fast)
                     == lc.generate(model, [prompt], n, temperature=0))
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")  # the caches, off here
+def test_compiled_cpu_step_freezes_its_weights_into_the_matrix_kernels():
+    """On the CPU the compiled step holds every matrix (4 a layer and the head) as a frozen
+    constant of its code, multiplied inside Inductor's own kernels (or oneDNN's prepacked
+    ones, whichever its autotuning timed faster on this CPU), never by a library call on a
+    weight passed in: read in the code Inductor generates (caches off, so it is generated
+    here). Its bf16 logits are the eager step's within bf16 rounding, and its tokens the
+    plain path's."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch._inductor.utils import run_and_get_code
+    model = model_for("gqa").bfloat16()
+    eager, fast = FastDecoder(model), FastDecoder(model, compile=True)
+    tokens = torch.randint(0, model.vocab_size, (1, 8))
+    logits = []
+    for decoder in (eager, fast):
+        cache = decoder.new_cache(1, 16)
+        decoder(tokens[:, :4], 0, cache)
+        with torch._inductor.config.patch(force_disable_caches=True):
+            first, code = run_and_get_code(decoder, tokens[:, 4:5], 4, cache)
+        logits.append(torch.cat([first] + [decoder(tokens[:, t:t + 1], t, cache)
+                                           for t in range(5, 8)]))
+    assert fast.compiled
+    code = "\n".join(code)
+    assert "aoti_torch_cpu_mv" not in code and "aoti_torch_cpu_addmv" not in code
+    if pick_vec_isa():  # a CPU Inductor writes vector code for (else oneDNN's or a library's)
+        assert "aoti_torch_cpu_mm_out(" not in code and "aoti_torch_cpu_addmm" not in code
+    frozen = set(re.findall(r"_frozen_param\d+", code))
+    assert len(frozen) >= 4 * model.params.n_layers + 1, frozen
+    torch.testing.assert_close(logits[1], logits[0], atol=0.05, rtol=0.02)  # bf16 roundings
+    assert (lc.generate(model, [[3, 1, 4]], 6, temperature=0, decoder=fast)
+            == lc.generate(model, [[3, 1, 4]], 6, temperature=0))
+
+
+def test_compiled_cpu_step_follows_weights_updated_in_place():
+    """The bf16 step's weights are compiled in (frozen): after an in-place update of the model
+    (an optimizer step) the decoder compiles its step again and its logits are those of the
+    new weights (an eager decoder's, within bf16 rounding), not the old ones."""
+    model = model_for("gqa").bfloat16()
+    fast, eager = FastDecoder(model, compile=True), FastDecoder(model)
+    tokens = torch.randint(0, model.vocab_size, (1, 6))
+
+    def next_logits(decoder):
+        cache = decoder.new_cache(1, 16)
+        decoder(tokens[:, :5], 0, cache)
+        return decoder(tokens[:, 5:], 5, cache)
+
+    before = next_logits(fast)
+    first = fast._compiled
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.5)  # new values, same tensors
+    after, want = next_logits(fast), next_logits(eager)
+    assert fast.compiled and fast._compiled is not first  # compiled again, not the old step
+    torch.testing.assert_close(after, want, atol=0.1, rtol=0.05)
+    assert not torch.allclose(after, before, atol=0.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU")

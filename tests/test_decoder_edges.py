@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import llama_course as lc
-from llama_course.fast import FastDecoder, rms_norm
+from llama_course.fast import FastDecoder, cpu_compile, rms_norm
 from llama_course.fast.decoder import FastCache, linear
 
 from references import CONFIGS, small_args
@@ -380,7 +380,7 @@ def test_compile_routes_single_tokens_through_one_compiled_step(monkeypatch):
         warnings.simplefilter("error")  # on the CPU no CUDA graph is tried, nothing falls back
         assert (lc.generate(model, prompts, 12, temperature=0, decoder=fast)
                 == lc.generate(model, prompts, 12, temperature=0))
-    # on the CPU with Inductor's C++ wrapper (no Python call per kernel)
+    # fp32 on the CPU: Inductor's C++ wrapper, no freezing (cpu_compile.py says why)
     assert compiled == [dict(fullgraph=True, dynamic=False, options={"cpp_wrapper": True})]
     assert fast.compiled
     assert calls == [(2, t) for t in range(3, 16)]  # the shortest prompt is the prefill
@@ -389,14 +389,24 @@ def test_compile_routes_single_tokens_through_one_compiled_step(monkeypatch):
     assert FastDecoder(model).compiled is False  # compile=False never compiles
 
 
-def test_the_cpp_wrapper_is_asked_for_on_the_cpu_only():
-    """Inductor's C++ wrapper is the CPU's compile option; on a GPU the step keeps Inductor's
-    default and is recorded as a CUDA graph instead (checked without a GPU: the option depends
-    on the decoder's device only)."""
-    fast = FastDecoder(model_for("gqa"), compile=True)
-    assert fast._compile_options() == {"cpp_wrapper": True}
-    fast.device = torch.device("meta")  # any device that is not the CPU
-    assert fast._compile_options() is None
+def test_the_frozen_step_is_compiled_on_the_cpu_only(monkeypatch):
+    """cpu_compile's frozen step is the CPU's; on any other device the step is compiled as it
+    is, with Inductor's default (on CUDA then recorded as a CUDA graph). Checked without a
+    GPU: the choice depends on the decoder's device only."""
+    made, compiled = [], []
+    monkeypatch.setattr("llama_course.fast.decoder.compile_cpu_step",
+                        lambda decoder: made.append(decoder) or decoder.static_step)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
+    model = model_for("gqa")
+    fast = FastDecoder(model, compile=True)
+    lc.generate(model, [[1, 2]], 2, temperature=0, decoder=fast)
+    assert made == [fast] and compiled == []
+    fast = FastDecoder(model, compile=True)
+    storage = fast.new_cache(1, 8).storage
+    fast.device = torch.device("meta")  # any device that is not the CPU (and not CUDA)
+    with torch.inference_mode():
+        fast._step(torch.tensor([1]), 0, storage)
+    assert made == [made[0]] and compiled == [dict(fullgraph=True, dynamic=False)]
 
 
 def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch):

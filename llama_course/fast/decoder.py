@@ -11,10 +11,9 @@ removed, and answers the model's calls (`new_cache`, `decoder(tokens, start_pos,
 
 * q, k and v projections fused into one matrix, gate and up into another (one matmul each);
 * in fp32 every matrix stored transposed, (in, out), and applied as `x @ w`: for one token
-  per step that vector-matrix product streams a row-major (in, out) matrix from memory a
-  little faster than the (out, in) layout `nn.Linear` keeps. In bf16 the other way round:
-  PyTorch's CPU bf16 vector-matrix product is slow, its matrix-vector product (`torch.mv` on
-  the (out, in) layout) 1.6x faster (benchmarks/real_model_speed.py, SmolLM2-135M);
+  that product streams a row-major (in, out) matrix a little faster than `nn.Linear`'s
+  (out, in). In bf16 the other way round: PyTorch's CPU bf16 vector-matrix product is slow,
+  `torch.mv` on the (out, in) layout 1.6x faster (benchmarks/real_model_speed.py);
 * one KV cache per batch size, allocated once and kept for the next generations, in the
   (B, heads, positions, head_dim) layout that `F.scaled_dot_product_attention` reads;
   grouped-query attention through SDPA's `enable_gqa` (no copies of K/V heads);
@@ -27,17 +26,17 @@ removed, and answers the model's calls (`new_cache`, `decoder(tokens, start_pos,
 
 `compile=True` compiles the single-token step with static shapes (the whole cache, future
 positions masked). On CUDA it is then recorded once as a CUDA graph and replayed per token
-(`cuda_graph.py`); on the CPU Inductor's C++ wrapper calls its kernels, not Python, one call
-each. Whatever fails there, the decoder says so once and falls back.
+(`cuda_graph.py`); on the CPU called from C++, in bf16 with its weights frozen into Inductor's
+matrix kernels (`cpu_compile.py`). Whatever fails, the decoder says so once and falls back.
 
 The decoder copies the model's weights (fused) when it is built. At the start of every
 generation (`new_cache`) it compares a sample of every weight (64 evenly spaced values, and
 where the tensor lives) with its copy and, where they differ, copies the weights again, in
-place: a decoder built before training decodes the trained model, without paying a full
-copy per generation. (A hand edit of single weights can fall between the samples: call
-`refresh()` after one.) Moving the model to another dtype or device needs a new decoder (a
-clear error says so). `tests/test_decoder.py` checks its logits against the model's own
-forward at every position, and `tests/test_generate.py` its tokens against the plain path.
+place: a decoder built before training decodes the trained model (a hand edit of single
+weights can fall between the samples: call `refresh()` after one). Moving the model to
+another dtype or device needs a new decoder (a clear error says so). `tests/test_decoder.py`
+checks its logits against the model's own forward at every position, `tests/test_generate.py`
+its tokens against the plain path.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ from torch import nn
 
 from ..model import Transformer
 from ..rope import rotate
+from .cpu_compile import compile_step as compile_cpu_step
 from .cuda_graph import CUDAGraphStep, fallback_warning
 
 
@@ -84,8 +84,7 @@ def linear(x: torch.Tensor, w: torch.Tensor | tuple[torch.Tensor, ...],
 
 def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`rope.rotate` in real arithmetic, (a + ib)(c + is) spelled out: torch.compile fuses it
-    into one kernel, while complex tensors would break the compiled graph.
-    x: (B, T, heads, D); cos, sin: (T, D/2)."""
+    into one kernel; complex ones break the graph. x: (B, T, heads, D); cos, sin: (T, D/2)."""
     a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # even and odd dimensions
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     return torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(3).type_as(x)
@@ -170,8 +169,8 @@ class FastDecoder:
         return copy
 
     def refresh(self) -> None:
-        """Copy the model's current weights into the decoder's copies, in place (so a compiled
-        step or a CUDA graph stays valid). `new_cache` calls it when the weights changed."""
+        """Copy the model's current weights into the decoder's copies, in place (a CUDA graph
+        stays valid; the CPU's compiled step is compiled again). Called by `new_cache`."""
         with torch.no_grad():  # (a `with`, not a decorator: mutation testing reaches the body)
             for copy, sources in self._copies:
                 start = 0
@@ -182,6 +181,10 @@ class FastDecoder:
                         copy.narrow(0, start, src.shape[0]).copy_(src.detach())
                     start += src.shape[0]
         self._seen = self._fingerprint()
+        if self.device.type == "cpu" and self.compiled:
+            self._compiled = None
+            for storage in self._storage.values():
+                storage["step"] = None
 
     def _fingerprint(self) -> list[tuple[int, torch.Tensor]]:
         """Where each weight lives and 64 evenly spaced values of it: a cheap test of change
@@ -321,18 +324,15 @@ class FastDecoder:
         storage["pos"].fill_(start_pos)
         storage["token"].copy_(token)  # one tensor, one stride: no recompile per generation length
         if storage["step"] is None:  # this batch size's first single-token step
-            if self._compiled is None:
-                self._compiled = torch.compile(self.static_step, fullgraph=True, dynamic=False,
-                                               options=self._compile_options())
+            if self._compiled is None:  # on the CPU: cpu_compile.py
+                self._compiled = compile_cpu_step(self) if self.device.type == "cpu" else \
+                    torch.compile(self.static_step, fullgraph=True, dynamic=False)
             step = self._compiled_or_eager
             if self.device.type == "cuda":
                 step = CUDAGraphStep(step, lambda fn: storage.update(step=fn))
             storage["step"] = step
         args = (storage["ks"], storage["vs"], storage["positions"])
         return storage["step"](storage["token"], storage["pos"], *args)
-
-    def _compile_options(self) -> Optional[dict]:  # the C++ wrapper on the CPU (see the top)
-        return {"cpp_wrapper": True} if self.device.type == "cpu" else None
 
     def _compiled_or_eager(self, *args) -> torch.Tensor:
         if self._compiled != self.static_step:  # (a bound method is a new object each time)
