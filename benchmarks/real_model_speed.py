@@ -322,7 +322,7 @@ def main() -> None:
     p.add_argument("--llama-cpp", nargs="*", default=[], metavar="F32=PATH",
                    help="llama.cpp GGUF files by precision, e.g. F32=smol-f32.gguf BF16=...")
     p.add_argument("--compile", action="store_true",
-                   help="also the fast path with compile=True (SmolLM2 rows)")
+                   help="also the fast path with compile=True")
     p.add_argument("--tag", default="cpu", help="suffix of the result file")
     a = p.parse_args()
     if a.threads:
@@ -358,7 +358,7 @@ def main() -> None:
     if a.one_b:
         model = one_b_shaped()
         rows += measure(model, "1B-shaped bfloat16", prompt, a.one_b_tokens, a.repeats, read,
-                        None)
+                        None, a.compile)
         if a.profile:
             profiles.append(profile_token(lambda: model, "1B-shaped bfloat16", prompt))
         del model
