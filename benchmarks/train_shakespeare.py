@@ -3,6 +3,7 @@
     python benchmarks/train_shakespeare.py                          # shakespeare-cpu, 120 s
     python benchmarks/train_shakespeare.py --time-budget 300
     python benchmarks/train_shakespeare.py --set dim=192 --set lr=3e-3 --label wider
+    python benchmarks/train_shakespeare.py --time-budget 300 --set dropout=0.1 --ffn-dropout-only
     python benchmarks/train_shakespeare.py --preset shakespeare-gpu --device cuda
     python benchmarks/train_shakespeare.py --replot benchmarks/results/train_shakespeare.jsonl
 
@@ -11,7 +12,9 @@ split at the end (the number to compare with nanoGPT's), throughput, and the mac
 on a shared machine another busy process can slow a 2-thread run many times over, so every
 figure carries the load average and the CPU utilisation, and a contended run says so.
 `--record FILE` appends the result as one JSON line; `--plot PNG` draws the curve next to
-nanoGPT's published figures.
+nanoGPT's published figures. `--ffn-dropout-only` keeps `dropout` on the feed-forward branch
+and sets attention's to 0 (by a `model_fn`): on the CPU any dropout of the attention weights
+sends SDPA from its fused kernel to a 3x slower one (benchmarks/README.md, round 2).
 """
 
 from __future__ import annotations
@@ -138,6 +141,14 @@ def plot(results: list[dict], path: str) -> None:
     print(f"plot written to {path}")
 
 
+def ffn_dropout_only(args: lc.ModelArgs) -> lc.Transformer:
+    """The model with its dropout on the feed-forward branch only: attention's is 0."""
+    model = lc.Transformer(args)
+    for layer in model.layers:
+        layer.attention.dropout = 0.0  # the attention weights' and its output's
+    return model
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +157,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a ModelArgs or TrainConfig field (repeatable)")
     p.add_argument("--label", default="")
+    p.add_argument("--ffn-dropout-only", action="store_true",
+                   help="dropout on the feed-forward branch only, none in attention")
     p.add_argument("--device", default="cpu")
     p.add_argument("--record", help="append the result as a JSON line to this file")
     p.add_argument("--plot", help="write a loss-vs-time PNG with nanoGPT's figures")
@@ -157,7 +170,8 @@ def main() -> None:
         plot(runs, a.plot or str(Path(a.replot).with_suffix(".png")))
         return
     model, runo = parse_sets(a.set)
-    result = run(a.preset, a.time_budget, model, runo, a.label, device=a.device)
+    result = run(a.preset, a.time_budget, model, runo, a.label, device=a.device,
+                 model_fn=ffn_dropout_only if a.ffn_dropout_only else None)
     if a.record:
         with open(a.record, "a") as f:
             f.write(json.dumps(result) + "\n")
