@@ -389,6 +389,33 @@ def test_compile_routes_single_tokens_through_one_compiled_step(monkeypatch):
     assert FastDecoder(model).compiled is False  # compile=False never compiles
 
 
+def test_an_in_place_update_compiles_the_cpu_step_again(monkeypatch):
+    """On the CPU the compiled step has the weights in it (bf16: frozen), so new values mean a
+    new compilation, for every batch size, at the next generation, and only then; with
+    torch's compiler replaced by a recording wrapper (the real one: tests/test_decoder.py)."""
+    made = []
+
+    def fake_compile_step(decoder):
+        made.append(decoder)
+        return lambda *args: decoder.static_step(*args)  # a compiled step of its own
+
+    monkeypatch.setattr("llama_course.fast.decoder.compile_cpu_step", fake_compile_step)
+    model = model_for("gqa")
+    fast = FastDecoder(model, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the eager step on the way
+        for prompts in ([[1, 2]], [[1, 2], [3, 4]], [[5]]):  # two batch sizes, same weights
+            lc.generate(model, prompts, 3, temperature=0, decoder=fast)
+        assert made == [fast] and fast.compiled
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(-1.5)  # new values, same tensors
+        for prompts in ([[1, 2]], [[1, 2], [3, 4]]):
+            assert (lc.generate(model, prompts, 3, temperature=0, decoder=fast)
+                    == lc.generate(model, prompts, 3, temperature=0))
+    assert made == [fast, fast] and fast.compiled  # once more, shared by both batch sizes
+
+
 def test_the_frozen_step_is_compiled_on_the_cpu_only(monkeypatch):
     """cpu_compile's frozen step is the CPU's; on any other device the step is compiled as it
     is, with Inductor's default (on CUDA then recorded as a CUDA graph). Checked without a
@@ -396,7 +423,8 @@ def test_the_frozen_step_is_compiled_on_the_cpu_only(monkeypatch):
     made, compiled = [], []
     monkeypatch.setattr("llama_course.fast.decoder.compile_cpu_step",
                         lambda decoder: made.append(decoder) or decoder.static_step)
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compiled.append(kwargs) or fn)
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kwargs: compiled.append((fn, kwargs)) or fn)
     model = model_for("gqa")
     fast = FastDecoder(model, compile=True)
     lc.generate(model, [[1, 2]], 2, temperature=0, decoder=fast)
@@ -406,7 +434,8 @@ def test_the_frozen_step_is_compiled_on_the_cpu_only(monkeypatch):
     fast.device = torch.device("meta")  # any device that is not the CPU (and not CUDA)
     with torch.inference_mode():
         fast._step(torch.tensor([1]), 0, storage)
-    assert made == [made[0]] and compiled == [dict(fullgraph=True, dynamic=False)]
+    assert made == [made[0]]
+    assert compiled == [(fast.static_step, dict(fullgraph=True, dynamic=False))]
 
 
 def test_a_failed_compile_falls_back_to_the_eager_step_once(monkeypatch):
