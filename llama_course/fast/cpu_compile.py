@@ -50,11 +50,11 @@ def rewrite_matvecs(gm: fx.GraphModule) -> int:
 
 
 def backend(gm: fx.GraphModule, example_inputs: list) -> object:
-    """A `torch.compile` backend: Inductor with its C++ wrapper, freezing and autotuned matrix
-    kernels, after `rewrite_matvecs`."""
+    """A `torch.compile` backend: Inductor with its C++ wrapper and autotuned matrix kernels,
+    after `rewrite_matvecs`. Used through `compile_frozen`, which turns freezing on."""
     from torch._inductor.compile_fx import compile_fx
     rewrite_matvecs(gm)
-    options = {"cpp_wrapper": True, "freezing": True, "max_autotune": True,
+    options = {"cpp_wrapper": True, "max_autotune": True,  # freezing: set by compile_frozen
                "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
     with warnings.catch_warnings():  # Inductor's autotuner calls a deprecated storage API
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
@@ -79,28 +79,33 @@ class FrozenStep(nn.Module):
         return self.decoder[0].static_step(token, pos, cache_k, cache_v, positions)
 
 
-def compile_step(decoder):
-    """The decoder's static step compiled; in bf16 with `backend`, weights frozen: call it
-    under inference mode (freezing needs gradients off while the step is traced).
+def compile_frozen(module: nn.Module):
+    """`module` compiled with `backend`, its buffers frozen: call the result under inference
+    mode (freezing needs gradients off while the step is traced, and Dynamo reads the option
+    then, so every call runs with it on).
 
     Dynamo keeps what it compiled per Python code object, and frozen weights are checked by
     identity only, not by value. So every compilation gets a code object of its own: the
-    compiled step lives and dies with this decoder, one decoder's entries never crowd
-    another's (Dynamo keeps at most 8 per code object), and a decoder whose weights changed in
-    place (`FastDecoder.refresh`) cannot find its old step still valid."""
-    if decoder.dtype == torch.float32:  # freezing does not pay in fp32 (see the top)
-        return torch.compile(decoder.static_step, fullgraph=True, dynamic=False,
-                             options={"cpp_wrapper": True})
-    holder = FrozenStep(decoder)
+    compiled code lives and dies with the function returned here, one decoder's entries never
+    crowd another's (Dynamo keeps at most 8 per code object), and a decoder whose weights
+    changed in place (`FastDecoder.refresh`) cannot find its old step still valid."""
+    def call(*args):
+        return module(*args)
 
-    def step(token, pos, cache_k, cache_v, positions):
-        return holder(token, pos, cache_k, cache_v, positions)
-
-    own = types.FunctionType(step.__code__.replace(), step.__globals__, "frozen_step",
-                             closure=step.__closure__)  # the same function, a new code object
+    own = types.FunctionType(call.__code__.replace(), call.__globals__, "frozen_step",
+                             closure=call.__closure__)  # the same function, a new code object
     compiled = torch.compile(own, fullgraph=True, dynamic=False, backend=backend)
 
-    def frozen_step(*args) -> torch.Tensor:
+    def frozen_step(*args):
         with torch._inductor.config.patch(freezing=True):  # read while tracing, not after
             return compiled(*args)
     return frozen_step
+
+
+def compile_step(decoder):
+    """The decoder's static step compiled: fp32 with the C++ wrapper only, bf16 (and fp16)
+    with its weights frozen (`compile_frozen`). Call it under inference mode."""
+    if decoder.dtype == torch.float32:  # freezing does not pay in fp32 (see the top)
+        return torch.compile(decoder.static_step, fullgraph=True, dynamic=False,
+                             options={"cpp_wrapper": True})
+    return compile_frozen(FrozenStep(decoder))
