@@ -65,7 +65,8 @@ TARGETS: dict[str, dict] = {
     "fast": dict(files=["fast/decoder.py", "fast/cpu_compile.py"],
                  tests=["tests/test_decoder.py", "tests/test_sampling_rules.py",
                         "tests/test_decoder_edges.py", "tests/test_cpu_compile.py"]),
-    "data": dict(files=["data.py"], tests=["tests/test_data.py", "tests/test_data_edges.py"]),
+    "data": dict(files=["data.py"], tests=["tests/test_data.py", "tests/test_data_edges.py",
+                                           "tests/test_data_order.py"]),
     # the training step, its schedule, loss and evaluation; not the plumbing around them
     # (runtime.py, run_folder.py: progress bar, metrics CSV, plot, torchrun, summary)
     "training": dict(files=["training.py"],
@@ -73,9 +74,10 @@ TARGETS: dict[str, dict] = {
                             "tests/test_train.py::test_gradient_accumulation_equals_the_big_batch",
                             "tests/test_train.py::test_untrained_loss_is_ln_vocab",
                             "tests/test_train.py::test_evaluation_turns_dropout_off_and_restores_the_mode",
-                            "tests/test_accumulation.py", "tests/test_training_edges.py"],
+                            "tests/test_accumulation.py", "tests/test_training_edges.py",
+                            "tests/test_data_order.py"],
                      functions=["lr_at", "run_progress", "next_token_loss", "train_step",
-                                "estimate_loss", "evaluate"]),
+                                "estimate_loss", "evaluate", "_batch"]),
     "optim": dict(files=["optim.py"],
                   tests=["tests/test_optim.py", "tests/test_optim_edges.py",
                          "tests/test_train.py::test_weight_decay_only_on_matrices"]),

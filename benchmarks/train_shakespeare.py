@@ -4,6 +4,8 @@
     python benchmarks/train_shakespeare.py --time-budget 300
     python benchmarks/train_shakespeare.py --set dim=192 --set lr=3e-3 --label wider
     python benchmarks/train_shakespeare.py --time-budget 300 --set dropout=0.1 --ffn-dropout-only
+    python benchmarks/train_shakespeare.py --time-budget 300 --ffn-dropout-only --set n_layers=6 \
+        --set dropout=0.1 --set block_size=256 --set batch_size=8    # the best 300-s run
     python benchmarks/train_shakespeare.py --preset shakespeare-gpu --device cuda
     python benchmarks/train_shakespeare.py --replot benchmarks/results/train_shakespeare.jsonl
 

@@ -34,7 +34,8 @@ from .checkpoint import (args_from_hf_config, args_to_hf_config, hf_to_meta_stat
                          meta_to_hf_state_dict)
 from .config import (PRESETS, ModelArgs, get_preset, kv_cache_bytes, kv_cache_bytes_per_token,
                      num_parameters, parameter_breakdown, weight_bytes)
-from .data import encode_text, eval_windows, get_batch, load_tiny_shakespeare, train_val_split
+from .data import (encode_text, epoch_window_starts, eval_windows, get_batch,
+                   load_tiny_shakespeare, train_val_split)
 from .ffn import FeedForward, ffn_hidden_dim
 from .generate import generate, next_token_probs, sample_next, stream
 from .fast import FastDecoder
@@ -69,6 +70,7 @@ __all__ = [
     "generate", "stream", "sample_next", "next_token_probs", "FastDecoder",
     # data and training (07)
     "CharTokenizer", "load_tiny_shakespeare", "encode_text", "train_val_split", "get_batch",
+    "epoch_window_starts",
     "eval_windows", "TrainConfig", "TRAIN_PRESETS", "train_config_for", "lr_at",
     "next_token_loss", "train_step", "estimate_loss", "evaluate", "train", "TrainResult",
     # real checkpoints and tokenizers (08)

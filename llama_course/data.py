@@ -59,6 +59,36 @@ def get_batch(data: torch.Tensor, batch_size: int, block_size: int,
     return chunk[:, :-1], chunk[:, 1:]  # x (B, T), y (B, T)
 
 
+def epoch_window_starts(n_tokens: int, block_size: int, first: int, count: int,
+                        seed: int) -> torch.Tensor:
+    """Starts of windows number first .. first+count-1 in an endless run of epochs (count,).
+
+    get_batch draws windows at random offsets, with replacement: over one pass worth of
+    windows some text is seen twice and about a third of it not at all. Here each epoch cuts
+    the text into windows of block_size at a random phase (so window edges move from epoch to
+    epoch) and visits every window once, in a random order. Epoch e's order depends on (seed,
+    e) only, so window i is the same whoever asks for it: a resumed run and every torchrun
+    rank draw exactly what one uninterrupted process draws.
+    """
+    if block_size < 1 or first < 0 or count < 0:
+        raise ValueError(f"block_size ({block_size}) must be >= 1, first ({first}) and count "
+                         f"({count}) >= 0")
+    per_epoch = n_tokens // block_size - 1  # windows of an epoch: each needs block_size + 1 tokens
+    if per_epoch < 1:
+        raise ValueError(f"data has {n_tokens} tokens: too few for two windows of block_size "
+                         f"{block_size}")
+    index = torch.arange(first, first + count)  # (count,) window numbers
+    epoch_of = index // per_epoch  # (count,)
+    starts = torch.empty(count, dtype=torch.long)
+    for epoch in epoch_of.unique().tolist():
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        phase = int(torch.randint(block_size, (1,), generator=g))
+        order = torch.randperm(per_epoch, generator=g)  # (per_epoch,) this epoch's windows
+        here = epoch_of == epoch
+        starts[here] = phase + order[index[here] % per_epoch] * block_size
+    return starts
+
+
 def eval_windows(data: torch.Tensor, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Cut the whole split into consecutive windows so that every token after the first is
     predicted exactly once: full (n, T) windows, then one shorter window for the tail."""

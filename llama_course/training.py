@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from . import run_folder as rf
 from . import runtime
 from .config import ModelArgs, get_preset
-from .data import encode_text, eval_windows, get_batch, load_tiny_shakespeare, train_val_split
+from .data import (encode_text, epoch_window_starts, eval_windows, get_batch,
+                   load_tiny_shakespeare, train_val_split)
 from .model import Transformer, eval_mode
 from .optim import configure_optimizer, set_lr
 from .runtime import Distributed, StopSignals, grad_scaler, resolve_dtype
@@ -234,8 +235,9 @@ def _train(cfg, resume, text, callback, model_fn, dist: Distributed,
             lr = lr_at(step, run_progress(cfg, step, train_time), cfg.lr, cfg.warmup_steps,
                        cfg.min_lr_ratio)
             set_lr(optimizer, lr, cfg.lr)
-            batches = [_batch(train_data, cfg.batch_size, block_size, batch_gen, dist)
-                       for _ in range(cfg.grad_accum_steps)]
+            batches = [_batch(train_data, cfg.batch_size, block_size, batch_gen, dist,
+                              cfg.data_order, step * cfg.grad_accum_steps + i, cfg.seed + 1)
+                       for i in range(cfg.grad_accum_steps)]
             pending.append(train_step(model, optimizer, batches, cfg.grad_clip, dtype, scaler))
             step += 1
             train_time += time.perf_counter() - t0
@@ -309,10 +311,17 @@ def _model(cfg: TrainConfig, out_dir: Path, state: Optional[dict], vocab_size: i
 
 
 def _batch(data: torch.Tensor, batch_size: int, block_size: int, gen: torch.Generator,
-           dist: Distributed) -> Batch:
-    """This rank's slice of one global batch, drawn the same on every rank: the same
-    examples as a single process with world_size times the batch."""
-    ix = torch.randint(len(data) - block_size, (batch_size * dist.world_size,), generator=gen)
+           dist: Distributed, order: str = "random", micro_batch: int = 0,
+           seed: int = 0) -> Batch:
+    """This rank's slice of one global batch, the same on every rank: the same examples as a
+    single process with world_size times the batch. order "random": windows at random
+    offsets drawn from `gen`; "epochs": global batch number `micro_batch` of shuffled passes
+    over the text (data.epoch_window_starts), a function of (seed, micro_batch) alone."""
+    n = batch_size * dist.world_size
+    if order == "epochs":
+        ix = epoch_window_starts(len(data), block_size, micro_batch * n, n, seed)
+    else:
+        ix = torch.randint(len(data) - block_size, (n,), generator=gen)
     return get_batch(data, batch_size, block_size,
                      ix=ix[dist.rank * batch_size:(dist.rank + 1) * batch_size])
 
