@@ -65,8 +65,16 @@ TARGETS: dict[str, dict] = {
     "fast": dict(files=["fast/decoder.py", "fast/cpu_compile.py"],
                  tests=["tests/test_decoder.py", "tests/test_sampling_rules.py",
                         "tests/test_decoder_edges.py", "tests/test_cpu_compile.py"]),
-    "data": dict(files=["data.py"], tests=["tests/test_data.py", "tests/test_data_edges.py",
-                                           "tests/test_data_order.py"]),
+    "data": dict(files=["data.py"],
+                 tests=["tests/test_data.py", "tests/test_data_edges.py",
+                        *(f"tests/test_data_order.py::{t}" for t in (
+                            "test_an_epoch_visits_every_window_of_its_phase_once",
+                            "test_epochs_differ_in_order_and_phase",
+                            "test_a_window_is_the_same_whoever_asks_for_it",
+                            "test_the_order_of_a_seed_stays_the_same_from_version_to_version",
+                            "test_bad_arguments_are_clear_errors",
+                            "test_a_count_of_zero_is_no_windows",
+                            "test_training_draws_the_epoch_windows_in_order"))]),
     # the training step, its schedule, loss and evaluation; not the plumbing around them
     # (runtime.py, run_folder.py: progress bar, metrics CSV, plot, torchrun, summary)
     "training": dict(files=["training.py"],
@@ -75,7 +83,7 @@ TARGETS: dict[str, dict] = {
                             "tests/test_train.py::test_untrained_loss_is_ln_vocab",
                             "tests/test_train.py::test_evaluation_turns_dropout_off_and_restores_the_mode",
                             "tests/test_accumulation.py", "tests/test_training_edges.py",
-                            "tests/test_data_order.py"],
+                            "tests/test_data_order.py::test_training_draws_the_epoch_windows_in_order"],
                      functions=["lr_at", "run_progress", "next_token_loss", "train_step",
                                 "estimate_loss", "evaluate", "_batch"]),
     "optim": dict(files=["optim.py"],
