@@ -3,7 +3,8 @@
 A language model learns to predict token t+1 from tokens 0..t. A training example is therefore
 a window of the text and the *same window shifted by one position*: inputs x = data[i : i+T],
 targets y = data[i+1 : i+T+1]. A target that is the input itself (no shift) or shifted by two
-is a bug that trains without error and learns the wrong task.
+is a bug that trains without error and learns the wrong task. Windows start at random offsets
+(get_batch), or follow shuffled passes over the text (epoch_window_starts).
 """
 
 from __future__ import annotations
