@@ -140,11 +140,13 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path, sig, code):
     assert json.loads((run / "metrics.json").read_text())["steps"] == saved + 5
 
 
-def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("order", ["random", "epochs"])
+def test_torchrun_two_gloo_processes_match_one_process(tmp_path, order):
     """Two CPU processes with batch 4 each = one process with batch 8: the same examples
-    (each rank takes its slice of one global batch), the same updates, replicas in sync."""
+    (each rank takes its slice of one global batch), the same updates, replicas in sync;
+    with either order of the windows."""
     common = ["--preset", "tiny", "--max-steps", "6", "--log-interval", "1", "--no-progress",
-              "--device", "cpu", "--eval-interval", "0", "--dtype", "fp32"]
+              "--device", "cpu", "--eval-interval", "0", "--dtype", "fp32", "--data-order", order]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node=2", "-m", "llama_course", "train", *common,
                           "--batch-size", "4", "--out", str(tmp_path / "two")],
