@@ -311,8 +311,7 @@ def _model(cfg: TrainConfig, out_dir: Path, state: Optional[dict], vocab_size: i
 
 
 def _batch(data: torch.Tensor, batch_size: int, block_size: int, gen: torch.Generator,
-           dist: Distributed, order: str = "random", micro_batch: int = 0,
-           seed: int = 0) -> Batch:
+           dist: Distributed, order: str, micro_batch: int, seed: int) -> Batch:
     """This rank's slice of one global batch, the same on every rank: the same examples as a
     single process with world_size times the batch. order "random": windows at random
     offsets drawn from `gen`; "epochs": global batch number `micro_batch` of shuffled passes

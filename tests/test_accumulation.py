@@ -48,7 +48,7 @@ def batches(data, batch_size, accum, seed=1, rank=0, world_size=1):
     under torchrun)."""
     gen = torch.Generator().manual_seed(seed)
     x, y = training._batch(data, batch_size * accum, 16, gen,
-                           SimpleNamespace(world_size=world_size, rank=rank))
+                           SimpleNamespace(world_size=world_size, rank=rank), "random", 0, 0)
     return list(zip(x.chunk(accum), y.chunk(accum)))
 
 

@@ -1,15 +1,13 @@
-"""data_order="epochs": every window of a pass exactly once, shuffled, resumable by index."""
+"""data_order="epochs": every window of a pass exactly once, shuffled, resumable by index.
+Whole runs with it (resume, accumulation, torchrun): tests/test_train.py, tests/test_cli.py."""
 
 from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 import torch
 
 import llama_course as lc
 import llama_course.training as training
-
-TEXT = lc.load_tiny_shakespeare()[:200_000]
 
 
 def one_epoch(n_tokens, block_size, epoch, seed):
@@ -67,7 +65,7 @@ def test_a_count_of_zero_is_no_windows():
     assert lc.epoch_window_starts(100, 10, 5, 0, seed=0).shape == (0,)
 
 
-def test_training_draws_the_epoch_windows_in_order(monkeypatch):
+def test_training_draws_the_epoch_windows_in_order():
     """_batch with order "epochs": global batch m is windows m*n .. m*n+n-1 of the sequence,
     each rank taking its slice, as with random windows."""
     data = torch.arange(2000)
@@ -75,32 +73,6 @@ def test_training_draws_the_epoch_windows_in_order(monkeypatch):
     x, y = training._batch(data, 3, 16, None, dist, "epochs", micro_batch=5, seed=9)
     starts = lc.epoch_window_starts(2000, 16, 5 * 6, 6, seed=9)[3:]
     assert torch.equal(x[:, 0], starts) and torch.equal(y, x + 1)
-
-
-def cfg(tmp_path, **kw):
-    base = dict(preset="tiny", out_dir=str(tmp_path / "run"), batch_size=8, block_size=32,
-                max_steps=12, lr=3e-3, warmup_steps=2, eval_interval=6, eval_batches=2,
-                log_interval=1, progress=False, device="cpu", seed=0, dtype="fp32",
-                data_order="epochs")
-    return lc.TrainConfig(**{**base, **kw})
-
-
-def test_epoch_order_resumes_exactly_and_accumulates_like_the_big_batch(tmp_path):
-    lc.train(cfg(tmp_path / "a"), text=TEXT)
-
-    def ctrl_c_at_5(step, loss):
-        if step == 5:
-            raise KeyboardInterrupt
-
-    assert lc.train(cfg(tmp_path / "b"), text=TEXT, callback=ctrl_c_at_5).interrupted
-    lc.train(cfg(tmp_path / "b"), resume=True, text=TEXT)
-    lc.train(cfg(tmp_path / "c", batch_size=4, grad_accum_steps=2), text=TEXT)
-    a, b, c = (pd.read_csv(tmp_path / r / "run" / "metrics.csv") for r in "abc")
-    pd.testing.assert_series_equal(a.train_loss, b.train_loss, rtol=0, atol=0)
-    pd.testing.assert_series_equal(a.train_loss, c.train_loss, rtol=1e-5)
-    random = lc.train(cfg(tmp_path / "d", data_order="random"), text=TEXT)
-    d = pd.read_csv(tmp_path / "d" / "run" / "metrics.csv")
-    assert random.steps == 12 and not a.train_loss.equals(d.train_loss)  # the option acts
 
 
 def test_an_unknown_order_is_refused():

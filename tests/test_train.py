@@ -118,16 +118,19 @@ def test_run_folder_round_trip(tmp_path):
         summary["final_val_loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, optimizer):
-    full = cfg(tmp_path / "a", max_steps=30, eval_interval=10, optimizer=optimizer)
+@pytest.mark.parametrize("optimizer, order", [("adamw", "random"), ("muon", "random"),
+                                              ("muon", "epochs")])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, optimizer, order):
+    full = cfg(tmp_path / "a", max_steps=30, eval_interval=10, optimizer=optimizer,
+               data_order=order)
     lc.train(full, text=TEXT)
 
     def ctrl_c_at_13(step, loss):
         if step == 13:
             raise KeyboardInterrupt
 
-    part = cfg(tmp_path / "b", max_steps=30, eval_interval=10, optimizer=optimizer)
+    part = cfg(tmp_path / "b", max_steps=30, eval_interval=10, optimizer=optimizer,
+               data_order=order)
     result = lc.train(part, text=TEXT, callback=ctrl_c_at_13)
     assert result.interrupted and result.steps == 13
     assert RF.load_train_state(tmp_path / "b" / "run")["step"] == 13  # saved on the way out
@@ -277,11 +280,15 @@ def test_cpu_attention_runs_in_fp32_under_autocast():
     torch.testing.assert_close(out, ref.bfloat16(), atol=0, rtol=0)  # fp32 math, one rounding
 
 
-def test_gradient_accumulation_equals_the_big_batch(tmp_path):
-    """2 micro-batches of 8 draw the same 16 windows as one batch of 16 (one generator,
-    consumed in order), so every step's loss and the final weights must agree."""
-    lc.train(cfg(tmp_path / "a", max_steps=6, batch_size=8, grad_accum_steps=2), text=TEXT)
-    lc.train(cfg(tmp_path / "b", max_steps=6, batch_size=16, grad_accum_steps=1), text=TEXT)
+@pytest.mark.parametrize("order", ["random", "epochs"])
+def test_gradient_accumulation_equals_the_big_batch(tmp_path, order):
+    """2 micro-batches of 8 draw the same 16 windows as one batch of 16 (random: one
+    generator, consumed in order; epochs: micro-batch m holds windows 8m .. 8m+7), so every
+    step's loss and the final weights must agree."""
+    lc.train(cfg(tmp_path / "a", max_steps=6, batch_size=8, grad_accum_steps=2,
+                 data_order=order), text=TEXT)
+    lc.train(cfg(tmp_path / "b", max_steps=6, batch_size=16, grad_accum_steps=1,
+                 data_order=order), text=TEXT)
     a = pd.read_csv(tmp_path / "a" / "run" / "metrics.csv")
     b = pd.read_csv(tmp_path / "b" / "run" / "metrics.csv")
     pd.testing.assert_series_equal(a.train_loss, b.train_loss, rtol=1e-5)
@@ -289,6 +296,14 @@ def test_gradient_accumulation_equals_the_big_batch(tmp_path):
     wb = lc.Transformer.from_pretrained(tmp_path / "b" / "run").state_dict()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+
+
+def test_the_data_order_changes_the_batches(tmp_path):
+    """The same seed trains on other windows with data_order="epochs" than with "random"."""
+    a = lc.train(cfg(tmp_path / "a", max_steps=12, data_order="epochs"), text=TEXT)
+    b = lc.train(cfg(tmp_path / "b", max_steps=12, data_order="random"), text=TEXT)
+    la, lb = (pd.read_csv(tmp_path / r / "run" / "metrics.csv").train_loss for r in "ab")
+    assert a.steps == b.steps == 12 and not la.equals(lb)
 
 
 @pytest.mark.parametrize("kw, message", [
